@@ -1,0 +1,20 @@
+# cohortsync — PGXS build.
+#
+#   make                      build cohortsync.so
+#   make install              install into the server found by pg_config
+#   scripts/test              build, install into a throwaway copy of the server, run every test
+#
+# Every C file under src/ is one job of the extension; they are all linked into one module.
+
+EXTENSION   = cohortsync
+MODULE_big  = cohortsync
+OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+DATA        = $(sort $(wildcard sql/cohortsync--*.sql))
+PGFILEDESC  = "cohortsync - Mixpanel cohort sync for PostgreSQL"
+
+PG_CONFIG  ?= pg_config
+PG_CPPFLAGS += -I$(srcdir)/src
+SHLIB_LINK += -lcurl -lmicrohttpd
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

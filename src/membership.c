@@ -1,0 +1,489 @@
+/*-------------------------------------------------------------------------
+ *
+ * membership.c
+ *	  Write a validated webhook page into the membership tables with SPI.
+ *
+ * All set work is done by SQL statements over whole pages (arrays bound as
+ * parameters and unnested), never by loops over rows in C: a page is at most
+ * a thousand members, but a full sync replaces a cohort of up to ten million,
+ * and only set-based statements keep that bounded in memory and time.
+ *
+ * Concurrency: the first statement for every page upserts the cohort's row in
+ * cohortsync.cohorts, which locks it until the end of the transaction. Pages
+ * of the same cohort are therefore applied one after the other, so the
+ * "is this user already a member?" tests below cannot race; pages of
+ * different cohorts proceed in parallel.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
+#include "membership.h"
+
+/*
+ * A statement run once per page: planned once per backend and kept. Plans
+ * kept with SPI_keepplan are revalidated by the plan cache when the tables
+ * change, DROP/CREATE EXTENSION included.
+ */
+typedef struct CsStatement
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[10];
+	SPIPlanPtr	plan;
+} CsStatement;
+
+/* Parameters shared by the statements: $1 project, $2 cohort, $3 session. */
+#define COHORT_KEY "project_id = $1 AND cohort_id = $2"
+
+static CsStatement upsert_cohort = {
+	"INSERT INTO cohortsync.cohorts AS c"
+	"  (project_id, cohort_id, name, description, last_session_id, last_sync_at)"
+	" VALUES ($1, $2, $4, $5, $3, now())"
+	" ON CONFLICT (project_id, cohort_id) DO UPDATE"
+	" SET name = coalesce(EXCLUDED.name, c.name),"
+	"     description = coalesce(EXCLUDED.description, c.description),"
+	"     last_session_id = EXCLUDED.last_session_id,"
+	"     last_sync_at = EXCLUDED.last_sync_at",
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+};
+
+static CsStatement get_session = {
+	"SELECT state, total_pages FROM cohortsync.sync_sessions"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4",
+	4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+};
+
+static CsStatement insert_session = {
+	"INSERT INTO cohortsync.sync_sessions (project_id, cohort_id, session_id, action, total_pages)"
+	" VALUES ($1, $2, $3, $4, $5)",
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+};
+
+/*
+ * A new full sync supersedes any unfinished one of the same cohort: Mixpanel
+ * restarts an export from the top after a failure, under a new session.
+ */
+static CsStatement supersede_sessions = {
+	"WITH stale AS ("
+	"  UPDATE cohortsync.sync_sessions SET state = 'superseded', superseded_at = now()"
+	"   WHERE " COHORT_KEY " AND action = 'members' AND state = 'receiving' AND session_id <> $3"
+	"  RETURNING session_id)"
+	" DELETE FROM cohortsync.staged_members s USING stale"
+	"  WHERE s.project_id = $1 AND s.cohort_id = $2 AND s.session_id = stale.session_id",
+	3, {TEXTOID, TEXTOID, TEXTOID}
+};
+
+/*
+ * A session whose total_pages changed was restarted by the sender with another
+ * snapshot of the cohort: forget the pages of the old one.
+ */
+static CsStatement restart_session = {
+	"WITH forget_pages AS ("
+	"  DELETE FROM cohortsync.sync_pages"
+	"   WHERE " COHORT_KEY " AND session_id = $3 AND action = $4),"
+	" forget_staged AS ("
+	"  DELETE FROM cohortsync.staged_members"
+	"   WHERE " COHORT_KEY " AND session_id = $3 AND $4 = 'members')"
+	" UPDATE cohortsync.sync_sessions"
+	"   SET total_pages = $5, pages_received = 0, restarts = restarts + 1, state = 'receiving'"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4",
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+};
+
+static CsStatement insert_page = {
+	"INSERT INTO cohortsync.sync_pages"
+	"  (project_id, cohort_id, session_id, action, page_count, member_count)"
+	" VALUES ($1, $2, $3, $4, $5, $6)"
+	" ON CONFLICT DO NOTHING",
+	6, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID}
+};
+
+static CsStatement repeat_page = {
+	"UPDATE cohortsync.sync_pages"
+	"   SET times_received = times_received + 1, last_received_at = now()"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4 AND page_count = $5",
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+};
+
+/* Returns whether the session has now received all its pages. */
+static CsStatement count_page = {
+	"UPDATE cohortsync.sync_sessions"
+	"   SET pages_received = pages_received + $5::int, last_page_at = now()"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4"
+	" RETURNING pages_received >= total_pages",
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+};
+
+static CsStatement finish_session = {
+	"UPDATE cohortsync.sync_sessions"
+	"   SET members_added = members_added + $5, members_removed = members_removed + $6,"
+	"       state = CASE WHEN $7 THEN 'completed' ELSE state END,"
+	"       completed_at = CASE WHEN $7 THEN now() ELSE completed_at END"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4",
+	7, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, BOOLOID}
+};
+
+static CsStatement count_members = {
+	"UPDATE cohortsync.cohorts"
+	"   SET member_count = member_count + $3 - $4, last_changed_at = now()"
+	" WHERE " COHORT_KEY,
+	4, {TEXTOID, TEXTOID, INT8OID, INT8OID}
+};
+
+/* The page as a relation: $4..$9 are the arrays built by page.c. */
+#define PAGE_ROWS \
+	"unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[])" \
+	" AS p(distinct_id, email, phone, first_name, last_name, properties)"
+#define PAGE_ARGTYPES \
+	TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, \
+	TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID
+
+/* Stored fields differ from the sent ones: refresh them. */
+#define FIELDS_DIFFER(m, s) \
+	"(" m ".email, " m ".phone, " m ".first_name, " m ".last_name, " m ".properties)" \
+	" IS DISTINCT FROM (" s ".email, " s ".phone, " s ".first_name, " s ".last_name, " s ".properties)"
+#define REFRESH_FROM(s) \
+	"email = " s ".email, phone = " s ".phone, first_name = " s ".first_name," \
+	" last_name = " s ".last_name, properties = " s ".properties, updated_at = now()"
+
+/*
+ * add_members: insert who is new (recording an 'added' change), refresh who
+ * is already there. Both data-modifying CTEs see the same snapshot, so the
+ * refresh never touches a row the insert just made.
+ */
+static CsStatement add_members = {
+	"WITH refreshed AS ("
+	"  UPDATE cohortsync.members m SET " REFRESH_FROM("p")
+	"   FROM " PAGE_ROWS
+	"  WHERE m.project_id = $1 AND m.cohort_id = $2 AND m.distinct_id = p.distinct_id"
+	"    AND " FIELDS_DIFFER("m", "p") "),"
+	" joined AS ("
+	"  INSERT INTO cohortsync.members"
+	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
+	"  SELECT $1, $2, p.* FROM " PAGE_ROWS
+	"   WHERE NOT EXISTS (SELECT FROM cohortsync.members m"
+	"                      WHERE m.project_id = $1 AND m.cohort_id = $2"
+	"                        AND m.distinct_id = p.distinct_id)"
+	"  RETURNING distinct_id, properties)"
+	" INSERT INTO cohortsync.membership_changes"
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined",
+	9, {PAGE_ARGTYPES}
+};
+
+/* remove_members: remove who is there, recording a 'removed' change. */
+static CsStatement remove_members = {
+	"WITH gone AS ("
+	"  DELETE FROM cohortsync.members m USING unnest($4::text[]) AS p(distinct_id)"
+	"   WHERE m.project_id = $1 AND m.cohort_id = $2 AND m.distinct_id = p.distinct_id"
+	"  RETURNING m.distinct_id, m.properties)"
+	" INSERT INTO cohortsync.membership_changes"
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	" SELECT $1, $2, distinct_id, 'removed', $3, properties FROM gone",
+	4, {TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID}
+};
+
+/* A page of a full sync waits in staged_members until the session is complete. */
+static CsStatement stage_members = {
+	"INSERT INTO cohortsync.staged_members AS s"
+	"  (project_id, cohort_id, session_id, distinct_id, email, phone, first_name, last_name, properties)"
+	" SELECT $1, $2, $3, p.* FROM " PAGE_ROWS
+	" ON CONFLICT (project_id, cohort_id, session_id, distinct_id) DO UPDATE SET "
+	"  email = EXCLUDED.email, phone = EXCLUDED.phone, first_name = EXCLUDED.first_name,"
+	"  last_name = EXCLUDED.last_name, properties = EXCLUDED.properties",
+	9, {PAGE_ARGTYPES}
+};
+
+/*
+ * The full-sync swap: three statements over the staged session and the
+ * stored membership. They are not kept as prepared plans: they run once per
+ * full sync, and planning them with the actual ids is worth it.
+ */
+#define STAGED_SESSION "s.project_id = $1 AND s.cohort_id = $2 AND s.session_id = $3"
+
+static const char *const swap_statements[] = {
+	/* who is stored but not in the new snapshot leaves */
+	"WITH gone AS ("
+	"  DELETE FROM cohortsync.members m"
+	"   WHERE m.project_id = $1 AND m.cohort_id = $2"
+	"     AND NOT EXISTS (SELECT FROM cohortsync.staged_members s"
+	"                      WHERE " STAGED_SESSION " AND s.distinct_id = m.distinct_id)"
+	"  RETURNING m.distinct_id, m.properties)"
+	" INSERT INTO cohortsync.membership_changes"
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	" SELECT $1, $2, distinct_id, 'removed', $3, properties FROM gone",
+
+	/* who is in the snapshot but not stored joins */
+	"WITH joined AS ("
+	"  INSERT INTO cohortsync.members"
+	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
+	"  SELECT s.project_id, s.cohort_id, s.distinct_id, s.email, s.phone, s.first_name,"
+	"         s.last_name, s.properties"
+	"    FROM cohortsync.staged_members s"
+	"   WHERE " STAGED_SESSION
+	"     AND NOT EXISTS (SELECT FROM cohortsync.members m"
+	"                      WHERE m.project_id = $1 AND m.cohort_id = $2"
+	"                        AND m.distinct_id = s.distinct_id)"
+	"  RETURNING distinct_id, properties)"
+	" INSERT INTO cohortsync.membership_changes"
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined",
+
+	/* who stays gets the fields of the snapshot; no change is recorded */
+	"UPDATE cohortsync.members m SET " REFRESH_FROM("s")
+	"  FROM cohortsync.staged_members s"
+	" WHERE " STAGED_SESSION
+	"   AND m.project_id = $1 AND m.cohort_id = $2 AND m.distinct_id = s.distinct_id"
+	"   AND " FIELDS_DIFFER("m", "s"),
+};
+
+static CsStatement drop_staged = {
+	"DELETE FROM cohortsync.staged_members WHERE " COHORT_KEY " AND session_id = $3",
+	3, {TEXTOID, TEXTOID, TEXTOID}
+};
+
+/* Run a kept statement; returns SPI_processed. nulls is as for SPI_execute_plan. */
+static uint64
+run_with_nulls(CsStatement *st, Datum *values, const char *nulls, int expected_rc)
+{
+	int			rc;
+
+	if (st->plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(st->sql, st->nargs, st->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "cohortsync: could not prepare statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		st->plan = plan;
+	}
+	rc = SPI_execute_plan(st->plan, values, nulls, false, 0);
+	if (rc != expected_rc)
+		elog(ERROR, "cohortsync: statement failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/* Run a kept statement none of whose parameters is NULL. */
+static uint64
+run(CsStatement *st, Datum *values, int expected_rc)
+{
+	return run_with_nulls(st, values, NULL, expected_rc);
+}
+
+static bool
+first_bool(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_processed == 0)
+		elog(ERROR, "cohortsync: expected a row back");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return !isnull && DatumGetBool(d);
+}
+
+/*
+ * Planner settings for the swap, made local to it as ri_triggers.c does for
+ * RI_Initial_Check. The swap joins two sets that may each hold millions of
+ * rows; a nested loop is only ever chosen when the statistics of a just-filled
+ * staging table are stale, and then it is quadratic. Hash and merge joins are
+ * linear whatever the estimates say, so the nested loop is taken off the menu.
+ * work_mem is raised to maintenance_work_mem, as for other bulk operations.
+ */
+static int
+guard_swap_plans(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+	char		workmem[32];
+
+	snprintf(workmem, sizeof(workmem), "%d", maintenance_work_mem);
+	(void) set_config_option("work_mem", workmem, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_nestloop", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/* Replace the cohort's membership with the staged snapshot of the session. */
+static void
+swap_membership(Datum *key, CsApplyResult *result)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	int			nestlevel = guard_swap_plans();
+
+	for (int i = 0; i < (int) lengthof(swap_statements); i++)
+	{
+		int			rc = SPI_execute_with_args(swap_statements[i], 3, argtypes, key,
+											   NULL, false, 0);
+
+		if (rc < 0)
+			elog(ERROR, "cohortsync: swap statement failed: %s", SPI_result_code_string(rc));
+		if (i == 0)
+			result->removed = SPI_processed;
+		else if (i == 1)
+			result->added = SPI_processed;
+	}
+	AtEOXact_GUC(true, nestlevel);
+
+	run(&drop_staged, key, SPI_OK_DELETE);
+}
+
+void
+cs_apply_page(const CsPage *page, CsApplyResult *result)
+{
+	Datum		values[10];
+	const char *action = cs_action_name(page->action);
+	bool		members_sync = (page->action == CS_ACTION_MEMBERS);
+	bool		complete;
+	char	   *state = NULL;
+
+	memset(result, 0, sizeof(CsApplyResult));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "cohortsync: SPI_connect failed");
+
+	values[0] = CStringGetTextDatum(page->project_id);
+	values[1] = CStringGetTextDatum(page->cohort_id);
+	values[2] = CStringGetTextDatum(page->session_id);
+
+	/* refresh name and description, and lock the cohort (see top of file) */
+	{
+		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+		values[3] = page->cohort_name ? CStringGetTextDatum(page->cohort_name) : (Datum) 0;
+		values[4] = page->cohort_description ?
+			CStringGetTextDatum(page->cohort_description) : (Datum) 0;
+		nulls[3] = page->cohort_name ? ' ' : 'n';
+		nulls[4] = page->cohort_description ? ' ' : 'n';
+		(void) run_with_nulls(&upsert_cohort, values, nulls, SPI_OK_INSERT);
+	}
+
+	/* find or open the session */
+	values[3] = CStringGetTextDatum(action);
+	values[4] = Int32GetDatum(page->total_pages);
+	if (run(&get_session, values, SPI_OK_SELECT) > 0)
+	{
+		bool		isnull;
+		int32		total;
+
+		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		total = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											2, &isnull));
+		if (strcmp(state, "receiving") == 0 && total != page->total_pages)
+			(void) run(&restart_session, values, SPI_OK_UPDATE);
+	}
+	else
+	{
+		if (members_sync)
+			(void) run(&supersede_sessions, values, SPI_OK_DELETE);
+		(void) run(&insert_session, values, SPI_OK_INSERT);
+		state = "receiving";
+	}
+
+	/*
+	 * Pages of a full sync that has completed or been superseded change
+	 * nothing; their arrival is still recorded. Diff pages are always applied:
+	 * they are idempotent, and re-applying a re-sent page is harmless.
+	 */
+	result->ignored = members_sync && strcmp(state, "receiving") != 0;
+
+	/* record the page */
+	values[4] = Int32GetDatum(page->page_count);
+	values[5] = Int32GetDatum(page->nmembers_sent);
+	result->duplicate_page = (run(&insert_page, values, SPI_OK_INSERT) == 0);
+	if (result->duplicate_page)
+		(void) run(&repeat_page, values, SPI_OK_UPDATE);
+	values[4] = Int32GetDatum(result->duplicate_page ? 0 : 1);
+	(void) run(&count_page, values, SPI_OK_UPDATE_RETURNING);
+	complete = first_bool();
+
+	if (result->ignored)
+	{
+		SPI_finish();
+		return;
+	}
+
+	/* the members */
+	values[3] = page->distinct_ids;
+	values[4] = page->emails;
+	values[5] = page->phones;
+	values[6] = page->first_names;
+	values[7] = page->last_names;
+	values[8] = page->properties;
+	switch (page->action)
+	{
+		case CS_ACTION_MEMBERS:
+			(void) run(&stage_members, values, SPI_OK_INSERT);
+			if (complete)
+				swap_membership(values, result);
+			break;
+		case CS_ACTION_ADD_MEMBERS:
+			result->added = run(&add_members, values, SPI_OK_INSERT);
+			break;
+		case CS_ACTION_REMOVE_MEMBERS:
+			result->removed = run(&remove_members, values, SPI_OK_INSERT);
+			break;
+	}
+	result->session_completed = complete;
+
+	/* the session's and the cohort's counters */
+	values[3] = CStringGetTextDatum(action);
+	values[4] = Int64GetDatum((int64) result->added);
+	values[5] = Int64GetDatum((int64) result->removed);
+	values[6] = BoolGetDatum(complete);
+	(void) run(&finish_session, values, SPI_OK_UPDATE);
+	if (result->added > 0 || result->removed > 0)
+	{
+		values[2] = values[4];
+		values[3] = values[5];
+		(void) run(&count_members, values, SPI_OK_UPDATE);
+	}
+
+	SPI_finish();
+}
+
+char *
+cs_explain_swap(const char *project_id, const char *cohort_id,
+				const char *session_id, bool guarded)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	StringInfoData out;
+	int			nestlevel = 0;
+
+	/* before SPI_connect: the text must outlive SPI's memory context */
+	initStringInfo(&out);
+	values[0] = CStringGetTextDatum(project_id);
+	values[1] = CStringGetTextDatum(cohort_id);
+	values[2] = CStringGetTextDatum(session_id);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "cohortsync: SPI_connect failed");
+	if (guarded)
+		nestlevel = guard_swap_plans();
+
+	for (int i = 0; i < (int) lengthof(swap_statements); i++)
+	{
+		char	   *sql = psprintf("EXPLAIN (COSTS OFF) %s", swap_statements[i]);
+
+		if (SPI_execute_with_args(sql, 3, argtypes, values, NULL, true, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "cohortsync: EXPLAIN failed");
+		for (uint64 r = 0; r < SPI_processed; r++)
+			appendStringInfo(&out, "%s\n",
+							 SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1));
+	}
+
+	if (guarded)
+		AtEOXact_GUC(true, nestlevel);
+	SPI_finish();
+	return out.data;
+}
