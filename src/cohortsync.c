@@ -4,14 +4,15 @@
  *	  Module entry point: the magic block and _PG_init.
  *
  * The SQL functions work whether or not the library is preloaded. Only the
- * background workers need shared_preload_libraries; they are registered
- * from here when it is.
+ * background workers need shared_preload_libraries; each part registers its
+ * GUCs and, when preloading, its worker from an init function called here.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "utils/guc.h"
 
 PG_MODULE_MAGIC;
 
@@ -20,4 +21,11 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	/* each part's init function goes here, before the prefix is reserved */
+
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("cohortsync");
+#else
+	EmitWarningsOnPlaceholders("cohortsync");
+#endif
 }

@@ -52,19 +52,19 @@ static CsStatement upsert_cohort = {
 	"     description = coalesce(EXCLUDED.description, c.description),"
 	"     last_session_id = EXCLUDED.last_session_id,"
 	"     last_sync_at = EXCLUDED.last_sync_at",
-	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}, NULL
 };
 
 static CsStatement get_session = {
 	"SELECT state, total_pages FROM cohortsync.sync_sessions"
 	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4",
-	4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}, NULL
 };
 
 static CsStatement insert_session = {
 	"INSERT INTO cohortsync.sync_sessions (project_id, cohort_id, session_id, action, total_pages)"
 	" VALUES ($1, $2, $3, $4, $5)",
-	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}, NULL
 };
 
 /*
@@ -78,7 +78,7 @@ static CsStatement supersede_sessions = {
 	"  RETURNING session_id)"
 	" DELETE FROM cohortsync.staged_members s USING stale"
 	"  WHERE s.project_id = $1 AND s.cohort_id = $2 AND s.session_id = stale.session_id",
-	3, {TEXTOID, TEXTOID, TEXTOID}
+	3, {TEXTOID, TEXTOID, TEXTOID}, NULL
 };
 
 /*
@@ -95,7 +95,7 @@ static CsStatement restart_session = {
 	" UPDATE cohortsync.sync_sessions"
 	"   SET total_pages = $5, pages_received = 0, restarts = restarts + 1, state = 'receiving'"
 	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4",
-	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}, NULL
 };
 
 static CsStatement insert_page = {
@@ -103,14 +103,14 @@ static CsStatement insert_page = {
 	"  (project_id, cohort_id, session_id, action, page_count, member_count)"
 	" VALUES ($1, $2, $3, $4, $5, $6)"
 	" ON CONFLICT DO NOTHING",
-	6, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID}
+	6, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID}, NULL
 };
 
 static CsStatement repeat_page = {
 	"UPDATE cohortsync.sync_pages"
 	"   SET times_received = times_received + 1, last_received_at = now()"
 	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4 AND page_count = $5",
-	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}, NULL
 };
 
 /* Returns whether the session has now received all its pages. */
@@ -119,7 +119,7 @@ static CsStatement count_page = {
 	"   SET pages_received = pages_received + $5::int, last_page_at = now()"
 	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4"
 	" RETURNING pages_received >= total_pages",
-	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}
+	5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID}, NULL
 };
 
 static CsStatement finish_session = {
@@ -128,14 +128,14 @@ static CsStatement finish_session = {
 	"       state = CASE WHEN $7 THEN 'completed' ELSE state END,"
 	"       completed_at = CASE WHEN $7 THEN now() ELSE completed_at END"
 	" WHERE " COHORT_KEY " AND session_id = $3 AND action = $4",
-	7, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, BOOLOID}
+	7, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, BOOLOID}, NULL
 };
 
 static CsStatement count_members = {
 	"UPDATE cohortsync.cohorts"
 	"   SET member_count = member_count + $3 - $4, last_changed_at = now()"
 	" WHERE " COHORT_KEY,
-	4, {TEXTOID, TEXTOID, INT8OID, INT8OID}
+	4, {TEXTOID, TEXTOID, INT8OID, INT8OID}, NULL
 };
 
 /* The page as a relation: $4..$9 are the arrays built by page.c. */
@@ -176,7 +176,7 @@ static CsStatement add_members = {
 	" INSERT INTO cohortsync.membership_changes"
 	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
 	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined",
-	9, {PAGE_ARGTYPES}
+	9, {PAGE_ARGTYPES}, NULL
 };
 
 /* remove_members: remove who is there, recording a 'removed' change. */
@@ -188,7 +188,7 @@ static CsStatement remove_members = {
 	" INSERT INTO cohortsync.membership_changes"
 	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
 	" SELECT $1, $2, distinct_id, 'removed', $3, properties FROM gone",
-	4, {TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID}
+	4, {TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID}, NULL
 };
 
 /* A page of a full sync waits in staged_members until the session is complete. */
@@ -199,7 +199,7 @@ static CsStatement stage_members = {
 	" ON CONFLICT (project_id, cohort_id, session_id, distinct_id) DO UPDATE SET "
 	"  email = EXCLUDED.email, phone = EXCLUDED.phone, first_name = EXCLUDED.first_name,"
 	"  last_name = EXCLUDED.last_name, properties = EXCLUDED.properties",
-	9, {PAGE_ARGTYPES}
+	9, {PAGE_ARGTYPES}, NULL
 };
 
 /*
@@ -247,7 +247,7 @@ static const char *const swap_statements[] = {
 
 static CsStatement drop_staged = {
 	"DELETE FROM cohortsync.staged_members WHERE " COHORT_KEY " AND session_id = $3",
-	3, {TEXTOID, TEXTOID, TEXTOID}
+	3, {TEXTOID, TEXTOID, TEXTOID}, NULL
 };
 
 /* Run a kept statement; returns SPI_processed. nulls is as for SPI_execute_plan. */
