@@ -160,3 +160,51 @@ SELECT pg_catalog.pg_extension_config_dump('cohortsync.membership_changes_id_seq
 SELECT pg_catalog.pg_extension_config_dump('cohortsync.sync_sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('cohortsync.sync_pages', '');
 SELECT pg_catalog.pg_extension_config_dump('cohortsync.staged_members', '');
+
+-------------------------------------------------------------------------------
+-- HTTP listener (issue #4): the users Mixpanel's webhook authenticates as.
+-- See docs/http-listener.md.
+-------------------------------------------------------------------------------
+CREATE TABLE cohortsync.webhook_users (
+    username      text        PRIMARY KEY
+                              CHECK (username <> '' AND strpos(username, ':') = 0),
+    -- a SCRAM-SHA-256 verifier, as PostgreSQL stores role passwords; never the password
+    password_hash text        NOT NULL CHECK (password_hash LIKE 'SCRAM-SHA-256$%'),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE cohortsync.webhook_users IS
+    'Basic authentication users of the webhook listener, with salted password hashes.';
+REVOKE ALL ON cohortsync.webhook_users FROM PUBLIC;
+
+-- Creates the user or replaces its password. log_min_error_statement = panic keeps a
+-- failed call's statement, which holds the password, out of the server log.
+CREATE FUNCTION cohortsync.add_webhook_user(username text, password text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cohortsync_add_webhook_user'
+LANGUAGE C STRICT VOLATILE
+SET log_min_error_statement = panic;
+COMMENT ON FUNCTION cohortsync.add_webhook_user(text, text) IS
+    'Create a webhook user, or set its password; stores a SCRAM-SHA-256 hash of it.';
+
+CREATE FUNCTION cohortsync.drop_webhook_user(username text)
+RETURNS void
+LANGUAGE plpgsql STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.webhook_users AS u WHERE u.username = drop_webhook_user.username;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'webhook user "%" does not exist', drop_webhook_user.username
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT username FROM cohortsync.webhook_users lists them.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.drop_webhook_user(text) IS
+    'Remove a webhook user; an error if there is none of that name.';
+
+REVOKE ALL ON FUNCTION cohortsync.add_webhook_user(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.drop_webhook_user(text) FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.webhook_users', '');
