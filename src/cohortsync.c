@@ -15,6 +15,7 @@
 #include "utils/guc.h"
 
 #include "guc_common.h"
+#include "http_listener.h"
 
 PG_MODULE_MAGIC;
 
@@ -25,6 +26,7 @@ _PG_init(void)
 {
 	/* each part's init function goes here, before the prefix is reserved */
 	cs_define_common_gucs();
+	cs_http_listener_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("cohortsync");
