@@ -374,10 +374,12 @@ start_daemon(void)
 	daemon_listen = pstrdup(cs_http_listen);
 	daemon_cert_file = pstrdup(cs_http_ssl_cert_file);
 	daemon_key_file = pstrdup(cs_http_ssl_key_file);
-	MemoryContextSwitchTo(oldcxt);
-
 	if (!split_listen(daemon_listen, &host, &port))
+	{
+		MemoryContextSwitchTo(oldcxt);
 		return false;			/* the check hook makes this unreachable */
+	}
+	MemoryContextSwitchTo(oldcxt);
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
@@ -480,8 +482,13 @@ settings_changed(void)
 
 		changed = cert == NULL || key == NULL ||
 			strcmp(cert, daemon_cert) != 0 || strcmp(key, daemon_key) != 0;
+		if (cert != NULL)
+			pfree(cert);
 		if (key != NULL)
+		{
 			explicit_bzero(key, strlen(key));
+			pfree(key);
+		}
 	}
 	return changed;
 }

@@ -396,6 +396,15 @@ ingest_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 
 	state->action = body_action(DatumGetJsonbP(page));
 
+	if (RecoveryInProgress())
+	{
+		/* a standby (or a primary being promoted): try the primary, or later */
+		cs_http_answer(answer, MHD_HTTP_SERVICE_UNAVAILABLE, state->action,
+					   "the database is in recovery and cannot accept writes; retry later",
+					   "in recovery");
+		state->commit = false;
+		return;
+	}
 	if (!extension_installed(state, answer))
 		return;
 

@@ -17,7 +17,7 @@ my $port = PostgreSQL::Test::Cluster::get_free_port();
 my $base = "http://127.0.0.1:$port";
 
 my $node = PostgreSQL::Test::Cluster->new('listener');
-$node->init;
+$node->init(allows_streaming => 1);
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'cohortsync'
 cohortsync.http_listen = '127.0.0.1:$port'
@@ -381,6 +381,55 @@ isnt($code, '200', 'HTTPS: plain HTTP is not served');
 is($node->safe_psql('postgres', "SELECT count(*) FROM cohortsync.members WHERE cohort_id = 'tls'"),
 	'1', 'HTTPS: the page was stored');
 is(listener_pid(), $pid, 'HTTPS turned on without a restart of the worker');
+
+# --- SIGTERM during a request: it is cancelled and answered 503; the worker comes back --------------
+$locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE cohortsync.cohorts IN ACCESS EXCLUSIVE MODE;');
+$node->safe_psql('postgres', 'ALTER SYSTEM SET lock_timeout = 0');
+reload_and_settle();
+my $termout = '';
+my $term = IPC::Run::start(
+	curl_cmd(auth => $auth, url => $https, cacert => $cert, body => page('add_members', 'term', 'Q', ['Y'])),
+	'>', \$termout, '2>', \my $termerr);
+ok( $node->poll_query_until('postgres',
+		"SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener'"),
+	'a request waits for the lock');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+$term->finish;
+($code, $body) = parse_output($termout);
+is_failure($code, $body, '503', 'SIGTERM during a request');
+like($body->{error}{message} // '', qr/shutting down/, 'SIGTERM during a request: says the server is shutting down');
+$locker->query_safe('COMMIT');
+$locker->quit;
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET lock_timeout');
+$node->reload;
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener' AND pid <> $pid"),
+	'the listener is started again after it was terminated');
+ok(poll_http('200', url => $https, path => '/healthz', cacert => $cert), 'and answers again');
+is($node->safe_psql('postgres', "SELECT count(*) FROM cohortsync.members WHERE cohort_id = 'term'"),
+	'0', 'nothing written by the cancelled request');
+
+# --- a standby is in recovery: 503 for pages and for healthz ----------------------------------------
+$node->backup('standby_backup');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'standby_backup', has_streaming => 1);
+my $port3 = PostgreSQL::Test::Cluster::get_free_port();
+# the backup carries the primary's ALTER SYSTEM settings; later lines win
+$standby->append_conf('postgresql.auto.conf', qq{
+cohortsync.http_listen = '127.0.0.1:$port3'
+cohortsync.http_ssl_cert_file = ''
+cohortsync.http_ssl_key_file = ''
+});
+$standby->start;
+my $on_standby = "http://127.0.0.1:$port3";
+ok(poll_http('503', url => $on_standby, path => '/healthz'), 'standby: healthz 503');
+($code, $body) = post(page('add_members', 'standby', 'R', ['W']), url => $on_standby);
+is_failure($code, $body, '503', 'standby: a page is answered 503');
+like($body->{error}{message} // '', qr/recovery/, 'standby: says the database is in recovery');
+$standby->stop('fast');
+unlike(slurp_file($standby->logfile), qr/\@example\.com|battery-staple-horse/,
+	'standby: no member email or password in its log');
 
 # --- shutdown, and what the log holds ------------------------------------------------------------
 $node->stop('fast');
