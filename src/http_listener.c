@@ -400,7 +400,7 @@ start_daemon(void)
 		flags |= MHD_USE_IPv6;
 
 	use_tls = daemon_cert_file[0] != '\0' || daemon_key_file[0] != '\0';
-	tls[0].option = MHD_OPTION_END;
+	memset(tls, 0, sizeof(tls));	/* MHD_OPTION_END: no TLS options */
 	if (use_tls)
 	{
 		if (daemon_cert_file[0] == '\0' || daemon_key_file[0] == '\0')
@@ -426,9 +426,6 @@ start_daemon(void)
 		tls[1].option = MHD_OPTION_HTTPS_MEM_CERT;
 		tls[1].value = 0;
 		tls[1].ptr_value = daemon_cert;
-		tls[2].option = MHD_OPTION_END;
-		tls[2].value = 0;
-		tls[2].ptr_value = NULL;
 	}
 
 	daemon_handle = MHD_start_daemon(flags, 0,

@@ -49,7 +49,8 @@ typedef struct CsTxState
 	const char *activity;		/* shown in pg_stat_activity, e.g. "POST /mixpanel" */
 	const char *action;			/* the body's action, once known */
 	bool		parsing_body;	/* a data error now means "not JSON" */
-	bool		commit;			/* false: roll back although nothing failed */
+	bool		commit;			/* false: roll back although nothing failed
+								 * (a rejected page: belt and braces) */
 } CsTxState;
 
 typedef void (*CsTxWork) (CsTxState *state, void *arg, CsHttpAnswer *answer);
@@ -252,7 +253,6 @@ extension_installed(CsTxState *state, CsHttpAnswer *answer)
 	cs_http_answer(answer, MHD_HTTP_SERVICE_UNAVAILABLE, state->action,
 				   "cohortsync is not installed in the database yet; retry later",
 				   "extension not installed");
-	state->commit = false;
 	return false;
 }
 
@@ -277,7 +277,6 @@ authenticate_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 	Datum		d;
 	int			rc;
 
-	state->commit = false;		/* read only */
 	if (!extension_installed(state, answer))
 		return;
 
@@ -333,7 +332,7 @@ authenticate_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 void
 cs_http_authenticate(const char *username, const char *password, CsHttpAnswer *answer)
 {
-	CsTxState	state = {"authenticate webhook request", NULL, false, false};
+	CsTxState	state = {"authenticate webhook request", NULL, false, true};
 	CsAuthArg	arg = {username, password};
 
 	answer->status = 0;
@@ -402,7 +401,6 @@ ingest_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 		cs_http_answer(answer, MHD_HTTP_SERVICE_UNAVAILABLE, state->action,
 					   "the database is in recovery and cannot accept writes; retry later",
 					   "in recovery");
-		state->commit = false;
 		return;
 	}
 	if (!extension_installed(state, answer))
@@ -459,7 +457,6 @@ health_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 		cs_http_answer(answer, MHD_HTTP_SERVICE_UNAVAILABLE, NULL,
 					   "the database is in recovery and cannot accept writes",
 					   "in recovery");
-		state->commit = false;
 		return;
 	}
 	if (XactReadOnly)
@@ -467,7 +464,6 @@ health_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 		cs_http_answer(answer, MHD_HTTP_SERVICE_UNAVAILABLE, NULL,
 					   "transactions are read-only (default_transaction_read_only)",
 					   "read-only");
-		state->commit = false;
 		return;
 	}
 	if (!extension_installed(state, answer))
