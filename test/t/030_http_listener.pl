@@ -382,6 +382,22 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM cohortsync.members WHERE c
 	'1', 'HTTPS: the page was stored');
 is(listener_pid(), $pid, 'HTTPS turned on without a restart of the worker');
 
+# --- settings: the access log level, and a listen address that makes no sense ---------------------
+$node->safe_psql('postgres', "ALTER SYSTEM SET cohortsync.http_log_level = 'off'");
+reload_and_settle();
+($code) = http(url => $https, cacert => $cert, path => '/quiet-please');
+is($code, '404', 'http_log_level off: request answered');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET cohortsync.http_log_level');
+reload_and_settle();
+($code) = http(url => $https, cacert => $cert, path => '/loud-again');
+$log_offset = slurp_file($node->logfile);
+unlike($log_offset, qr{/quiet-please}, 'http_log_level off: no access log line');
+like($log_offset, qr{"GET /loud-again" 404}, 'http_log_level log: access log line');
+my ($ret, $stdout, $stderr) =
+  $node->psql('postgres', "ALTER SYSTEM SET cohortsync.http_listen = 'no-port-here'");
+isnt($ret, 0, 'an http_listen without a port is refused');
+like($stderr, qr/Use host:port/, 'and the error says what is expected');
+
 # --- SIGTERM during a request: it is cancelled and answered 503; the worker comes back --------------
 $locker = $node->background_psql('postgres');
 $locker->query_safe('BEGIN; LOCK TABLE cohortsync.cohorts IN ACCESS EXCLUSIVE MODE;');
