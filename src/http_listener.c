@@ -40,6 +40,7 @@
 #include "utils/timestamp.h"
 
 #include "guc_common.h"
+#include "http_common.h"
 #include "http_listener.h"
 
 #define CS_HTTP_WORKER_NAME "cohortsync http listener"

@@ -1,77 +1,19 @@
 /*-------------------------------------------------------------------------
  *
  * http_listener.h
- *	  The webhook HTTP listener: a background worker driving libmicrohttpd
- *	  from its own wait loop.
+ *	  The webhook HTTP listener's entry points: its init function, called
+ *	  from _PG_init, and its background worker's main function.
  *
- * Three files share the work:
- *	  http_listener.c	  settings, the worker, the daemon and the wait loop
- *	  http_request.c	  libmicrohttpd's callbacks: routing, limits, answers
- *	  http_transaction.c  each request's database work, in its own transaction
- *
- * Everything runs in the worker's one thread: libmicrohttpd calls us back
- * only from MHD_run(), which the wait loop calls.
+ * What the listener's own files share is in http_common.h.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef COHORTSYNC_HTTP_LISTENER_H
 #define COHORTSYNC_HTTP_LISTENER_H
 
-#include <signal.h>
-#include <microhttpd.h>
-
 #include "fmgr.h"
 
-/* libmicrohttpd 0.9.71 turned its callbacks' int results into an enum */
-#if MHD_VERSION >= 0x00097002
-typedef enum MHD_Result CsMhdResult;
-#else
-typedef int CsMhdResult;
-#endif
-
-/* Settings (see cs_http_listener_init for their meaning). */
-extern char *cs_http_listen;
-extern int	cs_http_max_body;
-extern char *cs_http_ssl_cert_file;
-extern char *cs_http_ssl_key_file;
-extern int	cs_http_log_level;
-extern bool cs_http_require_auth;
-
-/* cs_http_log_level's value for "no access log" */
-#define CS_HTTP_LOG_OFF (-1)
-
-/* Set by SIGTERM: from then on every request is answered 503. */
-extern volatile sig_atomic_t cs_http_shutdown_requested;
-
-/* True while a request's transaction runs; SIGTERM then cancels it. */
-extern volatile sig_atomic_t cs_http_in_transaction;
-
-/* http_listener.c */
 extern void cs_http_listener_init(void);
 extern PGDLLEXPORT void cs_http_listener_main(Datum main_arg);
-
-/* http_request.c: libmicrohttpd callbacks */
-extern CsMhdResult cs_http_handle_request(void *cls, struct MHD_Connection *connection,
-										  const char *url, const char *method,
-										  const char *version, const char *upload_data,
-										  size_t *upload_data_size, void **req_cls);
-extern void cs_http_request_completed(void *cls, struct MHD_Connection *connection,
-									  void **req_cls,
-									  enum MHD_RequestTerminationCode toe);
-
-/* http_transaction.c: what a request's database work answers */
-typedef struct CsHttpAnswer
-{
-	int			status;			/* HTTP status code */
-	char	   *body;			/* JSON: {action, status, error{message, code}} */
-	const char *note;			/* for the access log; never member data */
-} CsHttpAnswer;
-
-extern void cs_http_answer(CsHttpAnswer *answer, int status, const char *action,
-						   const char *message, const char *note);
-extern void cs_http_authenticate(const char *username, const char *password,
-								 CsHttpAnswer *answer);
-extern void cs_http_ingest(const char *body, size_t len, CsHttpAnswer *answer);
-extern void cs_http_health(CsHttpAnswer *answer);
 
 #endif							/* COHORTSYNC_HTTP_LISTENER_H */

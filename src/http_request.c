@@ -25,7 +25,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "http_listener.h"
+#include "http_common.h"
 
 /* Longest method and path kept for the access log. */
 #define CS_LOG_METHOD_BYTES 16

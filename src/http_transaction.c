@@ -37,7 +37,7 @@
 #include "utils/timeout.h"
 
 #include "guc_common.h"
-#include "http_listener.h"
+#include "http_common.h"
 #include "webhook_auth.h"
 
 /* Longest action echoed back in an answer we make up ourselves. */
