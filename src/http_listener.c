@@ -429,7 +429,8 @@ start_daemon(void)
 		tls[1].ptr_value = daemon_cert;
 	}
 
-	daemon_handle = MHD_start_daemon(flags, 0,
+	/* the port is also in addr; passing it makes libmicrohttpd's messages right */
+	daemon_handle = MHD_start_daemon(flags, (uint16_t) atoi(port),
 									 NULL, NULL,
 									 cs_http_handle_request, NULL,
 									 /* first, so that it gets every message */
