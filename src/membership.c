@@ -475,7 +475,7 @@ cs_explain_swap(const char *project_id, const char *cohort_id,
 	{
 		char	   *sql = psprintf("EXPLAIN (COSTS OFF) %s", swap_statements[i]);
 
-		if (SPI_execute_with_args(sql, 3, argtypes, values, NULL, true, 0) != SPI_OK_UTILITY)
+		if (SPI_execute_with_args(sql, 3, argtypes, values, NULL, false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "cohortsync: EXPLAIN failed");
 		for (uint64 r = 0; r < SPI_processed; r++)
 			appendStringInfo(&out, "%s\n",
