@@ -47,7 +47,7 @@ SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's3', ARRAY['q'], 1, 2)),
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's4', ARRAY['a'], 1, 1)), 'success', 's4 (single page) supersedes s3');
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's3', ARRAY['r'], 2, 2)), 'success', 's3 page 2 arrives late');
 SELECT is(pg_temp.members_of('c1'), ARRAY['a'], 'the superseded session never applies');
-SELECT results_eq($$SELECT session_id, state FROM cohortsync.sync_sessions WHERE session_id IN ('s3', 's4') ORDER BY 1$$,
+SELECT results_eq($$SELECT session_id COLLATE "default", state FROM cohortsync.sync_sessions WHERE session_id IN ('s3', 's4') ORDER BY 1$$,
                   $$VALUES ('s3', 'superseded'), ('s4', 'completed')$$, 'session states');
 
 SELECT * FROM finish();

@@ -7,9 +7,11 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(5);
+SELECT plan(6);
 
--- statistics taken while staging held one tiny session of another cohort
+-- the cohort has members already (a first fill takes a simpler path), and statistics
+-- are taken while staging holds one tiny session of another cohort
+SELECT pg_temp.ingest(pg_temp.page('add_members', 'big', 'd0', pg_temp.ids('old', 500)));
 SELECT pg_temp.ingest(pg_temp.page('members', 'tiny', 't0', ARRAY['x'], 1, 2));
 ANALYZE cohortsync.staged_members;
 ANALYZE cohortsync.members;
@@ -28,6 +30,8 @@ SELECT matches(cohortsync.explain_swap('1001', 'big', 'b1'), '(Hash|Merge) Anti 
 -- and the last page completes the swap with the right result
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'big', 'b1', pg_temp.ids('u', 1000, 21000), 21, 21)), 'success', 'last page');
 SELECT is((SELECT member_count FROM cohortsync.cohorts WHERE cohort_id = 'big'), 21000::bigint, 'all 21,000 members swapped in');
+SELECT is((SELECT members_removed FROM cohortsync.sync_sessions WHERE session_id = 'b1'), 500::bigint,
+          'the 500 earlier members not in the snapshot left');
 
 SELECT * FROM finish();
 ROLLBACK;
