@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Ingest benchmarks, on a throwaway cluster, printing tables:
+#
+#  1. Page ingest: 1000-member add_members and members pages into a cohort that already
+#     holds 1,000,000 members. cohortsync.ingest (C) next to two peers in the same run:
+#     bench/peer_ingest.sql (the same handling in PL/pgSQL with jsonb_to_recordset and
+#     set-based INSERT ... ON CONFLICT) and COPY of the same rows into the same tables.
+#     Each page is one transaction; each (peer, kind) is run RUNS times, interleaved.
+#  2. Full sync end to end: a 1,000,000-member cohort arriving as 1000 pages, then a
+#     second full sync with 1% churn (10,000 leave, 10,000 join), its swap measured twice:
+#     with fresh statistics and with statistics that are stale on purpose (autovacuum
+#     off, staging analyzed while empty). BENCH_10M=1 adds the 10,000,000-member case.
+#     The backend's peak private memory (RssAnon) is sampled throughout.
+#
+#   bench/ingest.sh                 RUNS=5 PAGES=40
+#   RUNS=3 PAGES=20 bench/ingest.sh quicker
+source "$(dirname "$0")/../scripts/lib.sh"
+
+RUNS=${RUNS:-5}
+PAGES=${PAGES:-40}
+BENCH_10M=${BENCH_10M:-0}
+
+cs_install_deps
+cs_build
+cs_workdir
+cs_tmp_install
+cs_start_cluster <<'EOF'
+fsync = on
+shared_buffers = 1GB
+max_wal_size = 16GB
+checkpoint_timeout = 30min
+EOF
+export PGDATABASE=postgres
+cs_psql -c "CREATE EXTENSION cohortsync"
+cs_psql -f "$CS_TOP/bench/peer_ingest.sql"
+cs_log "preparing: 1M members, $((RUNS * PAGES * 6)) pages, COPY files"
+cs_psql -v runs="$RUNS" -v pages="$PAGES" -c "SET bench.dir = '$CS_WORK'" -f "$CS_TOP/bench/ingest_prep.sql"
+
+# --- 1. page ingest -------------------------------------------------------------------
+script() {   # peer kind run -> a pgbench script file
+  local peer=$1 kind=$2 run=$3 f=$CS_WORK/$1-$2-$3.pgb
+  {
+    echo "SELECT nextval('bench.seq_${peer}_${kind}_${run}') AS n \\gset"
+    case $peer in
+      c)   echo "SELECT cohortsync.ingest(body) FROM bench.pages WHERE peer = 'c' AND kind = '$kind' AND run = $run AND n = :n;";;
+      sql) echo "SELECT bench.ingest_sql(body) FROM bench.pages WHERE peer = 'sql' AND kind = '$kind' AND run = $run AND n = :n;";;
+      copy)
+        echo "BEGIN;"
+        if [ "$kind" = add ]; then
+          echo "COPY cohortsync.members (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties) FROM '$CS_WORK/copy-add-$run-:n-members.csv' (FORMAT csv);"
+          echo "COPY cohortsync.membership_changes (project_id, cohort_id, distinct_id, change, session_id, properties) FROM '$CS_WORK/copy-add-$run-:n-changes.csv' (FORMAT csv);"
+        else
+          echo "COPY cohortsync.staged_members (project_id, cohort_id, session_id, distinct_id, email, phone, first_name, last_name, properties) FROM '$CS_WORK/copy-members-$run-:n-staged.csv' (FORMAT csv);"
+        fi
+        echo "END;";;
+    esac
+  } >"$f"
+  chmod 644 "$f"
+  echo "$f"
+}
+
+results=$CS_WORK/page-results.txt
+: >"$results"
+for run in $(seq 1 "$RUNS"); do
+  for kind in add members; do
+    for peer in c sql copy; do
+      f=$(script $peer $kind "$run")
+      ( cd "$CS_WORK" && cs_as_user pgbench -n -c 1 -t "$PAGES" -f "$f" -l --log-prefix="lat-$peer-$kind-$run" ) >"$CS_WORK/pgbench.out" 2>&1 \
+        || { cat "$CS_WORK/pgbench.out"; exit 1; }
+      tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$CS_WORK/pgbench.out" | head -1)
+      echo "$peer $kind $run $tps" >>"$results"
+    done
+  done
+done
+
+# median and spread (min-max) of pages/s over runs, p50/p99 latency over all pages
+summarise() {  # peer kind
+  local peer=$1 kind=$2
+  local tps lat
+  tps=$(awk -v p="$peer" -v k="$kind" '$1 == p && $2 == k {print $4}' "$results" | sort -n)
+  lat=$(cat "$CS_WORK"/lat-"$peer"-"$kind"-*.* | awk '{print $3 / 1000}' | sort -n)
+  local n med min max p50 p99
+  n=$(wc -l <<<"$tps"); med=$(sed -n "$(( (n + 1) / 2 ))p" <<<"$tps"); min=$(head -1 <<<"$tps"); max=$(tail -1 <<<"$tps")
+  local m; m=$(wc -l <<<"$lat")
+  p50=$(sed -n "$(( (m + 1) / 2 ))p" <<<"$lat"); p99=$(sed -n "$(( (m * 99 + 99) / 100 ))p" <<<"$lat")
+  echo "$peer $kind $med $min $max $p50 $p99"
+}
+
+echo
+echo "1. Page ingest: 1000-member pages into a 1,000,000-member cohort ($RUNS runs x $PAGES pages, one transaction per page)"
+printf '%-8s %-8s %12s %19s %13s %10s %10s %14s\n' kind peer pages/s "spread (min-max)" rows/s "p50 ms" "p99 ms" "vs C"
+for kind in add members; do
+  c_tps=$(summarise c $kind | awk '{print $3}')
+  for peer in c sql copy; do
+    read -r _ _ med min max p50 p99 < <(summarise $peer $kind)
+    printf '%-8s %-8s %12.1f %9.1f - %-7.1f %13.0f %10.2f %10.2f %13.2fx\n' \
+      "$kind" "$peer" "$med" "$min" "$max" "$(echo "$med * 1000" | bc)" "$p50" "$p99" "$(echo "scale=4; $c_tps / $med" | bc)"
+  done
+done
+echo "(vs C: C's pages/s divided by the peer's; above 1 means C is faster)"
+
+# --- 2. full sync end to end ------------------------------------------------------------
+cs_psql <<'EOF'
+CREATE TABLE bench.fs_lat (label text, n int, ms float8);
+-- Deliver a whole full sync, one transaction per page, timing only the ingest calls.
+CREATE PROCEDURE bench.full_sync(label text, cohort text, session text, pages int, first int,
+                                 analyze_before_last boolean DEFAULT false)
+LANGUAGE plpgsql AS $$
+DECLARE
+  body jsonb;
+  t0 timestamptz;
+BEGIN
+  FOR n IN 1..pages LOOP
+    body := bench.make_page('members', cohort, session, 'u', n, pages, first + (n - 1) * 1000);
+    IF n = pages AND analyze_before_last THEN
+      ANALYZE cohortsync.staged_members;
+      ANALYZE cohortsync.members;
+    END IF;
+    t0 := clock_timestamp();
+    PERFORM cohortsync.ingest(body);
+    INSERT INTO bench.fs_lat VALUES (label, n, extract(epoch FROM clock_timestamp() - t0) * 1000);
+    COMMIT;
+  END LOOP;
+END $$;
+EOF
+
+# run LABEL SQL: run SQL in a backend whose private memory is sampled every 0.2 s
+peak_kb=0
+run_sampled() {
+  local label=$1 sql=$2
+  cs_as_user env PGAPPNAME="bench-$label" psql -X -q -v ON_ERROR_STOP=1 -c "$sql" >"$CS_WORK/fs.out" 2>&1 &
+  local psql_pid=$! pid="" peak=0 kb
+  while [ -z "$pid" ] && kill -0 $psql_pid 2>/dev/null; do
+    pid=$(cs_as_user psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'bench-$label'")
+    sleep 0.05
+  done
+  while kill -0 $psql_pid 2>/dev/null; do
+    kb=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    [ -n "$kb" ] && [ "$kb" -gt "$peak" ] && peak=$kb
+    sleep 0.2
+  done
+  wait $psql_pid || { cat "$CS_WORK/fs.out"; exit 1; }
+  peak_kb=$peak
+}
+
+fs_row() {  # label members churn-description peak_kb
+  local label=$1
+  read -r total swap < <(cs_as_user psql -X -qAt -F ' ' -c \
+    "SELECT round(sum(ms)::numeric / 1000, 2), round((max(ms) FILTER (WHERE n = (SELECT max(n) FROM bench.fs_lat WHERE label = '$label')))::numeric / 1000, 2) FROM bench.fs_lat WHERE label = '$label'")
+  read -r added removed < <(cs_as_user psql -X -qAt -F ' ' -c \
+    "SELECT members_added, members_removed FROM cohortsync.sync_sessions WHERE session_id = '$label'")
+  printf '%-28s %12s %10s %10s %10s %10s %14s\n' "$2" "$3" "$added" "$removed" "$total" "$swap" "$(( $4 / 1024 ))"
+}
+
+fs_case() {  # members pages
+  local m=$1 p=$2 tag=$3
+  cs_log "full sync of $m members ($p pages), then 1% churn, stale and fresh statistics"
+  run_sampled "fs$tag-1" "CALL bench.full_sync('fs$tag-1', 'fs$tag', 'fs$tag-1', $p, 1)"
+  local peak1=$peak_kb
+  # stale: statistics taken while staging was empty, autovacuum kept away
+  cs_psql -c "ALTER TABLE cohortsync.staged_members SET (autovacuum_enabled = off)" \
+          -c "ALTER TABLE cohortsync.members SET (autovacuum_enabled = off)" \
+          -c "ANALYZE cohortsync.staged_members" -c "ANALYZE cohortsync.members"
+  run_sampled "fs$tag-2" "CALL bench.full_sync('fs$tag-2', 'fs$tag', 'fs$tag-2', $p, $(( m / 100 + 1 )))"
+  local peak2=$peak_kb
+  cs_psql -c "ALTER TABLE cohortsync.staged_members RESET (autovacuum_enabled)" \
+          -c "ALTER TABLE cohortsync.members RESET (autovacuum_enabled)"
+  run_sampled "fs$tag-3" "CALL bench.full_sync('fs$tag-3', 'fs$tag', 'fs$tag-3', $p, 1, true)"
+  local peak3=$peak_kb
+  fs_row "fs$tag-1" "first sync" "$m" "$peak1"
+  fs_row "fs$tag-2" "1% churn, stale stats" "$m" "$peak2"
+  fs_row "fs$tag-3" "1% churn, fresh stats" "$m" "$peak3"
+}
+
+echo
+echo "2. Full sync end to end (one transaction per page; swap = the last page, which triggers it)"
+printf '%-28s %12s %10s %10s %10s %10s %14s\n' case members added removed "total s" "swap s" "peak anon MB"
+fs_case 1000000 1000 1m
+[ "$BENCH_10M" = 1 ] && fs_case 10000000 10000 10m
+cs_stop_cluster

@@ -1,0 +1,54 @@
+-- Full syncs ('members'): staged until every page has arrived, then swapped in.
+BEGIN;
+SET client_min_messages = warning;
+\ir 00_helpers.inc
+SELECT plan(27);
+
+-- A three-page session delivered out of order, with page 2 twice.
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's1', ARRAY['g', 'h', 'i'], 3, 3)), 'success', 'page 3 of 3 first');
+SELECT is(pg_temp.members_of('c1'), '{}', 'nothing applied while pages are missing');
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's1', ARRAY['d', 'e', 'f'], 2, 3)), 'success', 'page 2');
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's1', ARRAY['d', 'e', 'f'], 2, 3)), 'success', 'page 2 again');
+SELECT is(pg_temp.members_of('c1'), '{}', 'still nothing applied after a duplicated page');
+SELECT is((SELECT count(*) FROM cohortsync.staged_members WHERE session_id = 's1'), 6::bigint,
+          'the duplicated page was staged once');
+SELECT is((SELECT times_received FROM cohortsync.sync_pages WHERE session_id = 's1' AND page_count = 2), 2,
+          'the duplicate is counted');
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's1', ARRAY['a', 'b', 'c'], 1, 3)), 'success', 'page 1 last');
+SELECT is(pg_temp.members_of('c1'), ARRAY['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'], 'all pages applied at once');
+SELECT is(pg_temp.changes_of('c1'),
+          ARRAY['added:a', 'added:b', 'added:c', 'added:d', 'added:e', 'added:f', 'added:g', 'added:h', 'added:i'],
+          'one added change per member, none for the duplicate');
+SELECT is((SELECT count(*) FROM cohortsync.staged_members), 0::bigint, 'staging is emptied');
+SELECT results_eq($$SELECT state, pages_received, total_pages, members_added FROM cohortsync.sync_sessions WHERE session_id = 's1'$$,
+                  $$VALUES ('completed', 3, 3, 9::bigint)$$, 'the session is completed');
+SELECT is((SELECT member_count FROM cohortsync.cohorts WHERE cohort_id = 'c1'), 9::bigint, 'member count');
+
+-- A page of the completed session arriving late changes nothing.
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's1', ARRAY['zzz'], 1, 3)), 'success', 'late page answered');
+SELECT is(pg_temp.members_of('c1'), ARRAY['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'], 'late page of a completed session ignored');
+
+-- A second full sync that removes members and adds one; fields of a stayer change.
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's2', ARRAY['a', 'c', 'e', 'z'], 1, 2)), 'success', 's2 page 1');
+SELECT is(pg_temp.ingest(jsonb_set(pg_temp.page('members', 'c1', 's2', ARRAY['g', 'i'], 2, 2),
+                          '{parameters,members,0,email}', '"new-g@example.com"')), 'success', 's2 page 2');
+SELECT is(pg_temp.members_of('c1'), ARRAY['a', 'c', 'e', 'g', 'i', 'z'], 'membership replaced by the snapshot');
+SELECT bag_eq($$SELECT change, distinct_id FROM cohortsync.membership_changes WHERE session_id = 's2'$$,
+              $$VALUES ('removed', 'b'), ('removed', 'd'), ('removed', 'f'), ('removed', 'h'), ('added', 'z')$$,
+              'only the difference is recorded');
+SELECT is((SELECT email FROM cohortsync.members WHERE cohort_id = 'c1' AND distinct_id = 'g'), 'new-g@example.com',
+          'a stayer''s fields are refreshed without a change row');
+SELECT is((SELECT properties ->> 'email' FROM cohortsync.membership_changes WHERE session_id = 's2' AND distinct_id = 'b'),
+          'b@example.com', 'a removed change carries the member as stored');
+SELECT is((SELECT member_count FROM cohortsync.cohorts WHERE cohort_id = 'c1'), 6::bigint, 'member count follows');
+
+-- A new session supersedes an unfinished one; its late pages are ignored.
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's3', ARRAY['q'], 1, 2)), 'success', 's3 page 1 (never finished)');
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's4', ARRAY['a'], 1, 1)), 'success', 's4 (single page) supersedes s3');
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's3', ARRAY['r'], 2, 2)), 'success', 's3 page 2 arrives late');
+SELECT is(pg_temp.members_of('c1'), ARRAY['a'], 'the superseded session never applies');
+SELECT results_eq($$SELECT session_id COLLATE "default", state FROM cohortsync.sync_sessions WHERE session_id IN ('s3', 's4') ORDER BY 1$$,
+                  $$VALUES ('s3', 'superseded'), ('s4', 'completed')$$, 'session states');
+
+SELECT * FROM finish();
+ROLLBACK;
