@@ -7,10 +7,15 @@
  * that no part depends on another having been initialised first. Defining a
  * custom variable twice is an error, hence the guard.
  *
+ * PGC_POSTMASTER variables can only be created while shared_preload_libraries
+ * is being processed (later it is a FATAL error). Without preloading there
+ * are no workers, so there is nothing to define.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "guc_common.h"
@@ -22,7 +27,7 @@ cs_define_common_gucs(void)
 {
 	static bool defined = false;
 
-	if (defined)
+	if (defined || !process_shared_preload_libraries_in_progress)
 		return;
 	defined = true;
 
