@@ -139,4 +139,9 @@ cs_stop_cluster() {
   cs_as_user pg_ctl -D "$CS_PGDATA" -m fast -w stop >/dev/null
 }
 
+# A free TCP port on the loopback interface.
+cs_free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 cs_psql() { cs_as_user psql -X -v ON_ERROR_STOP=1 -q "$@"; }
