@@ -38,6 +38,7 @@
 
 #include "guc_common.h"
 #include "http_common.h"
+#include "response.h"
 #include "webhook_auth.h"
 
 /* Longest action echoed back in an answer we make up ourselves. */
@@ -67,25 +68,8 @@ void
 cs_http_answer(CsHttpAnswer *answer, int status, const char *action,
 			   const char *message, const char *note)
 {
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"action\": ");
-	if (action)
-		escape_json(&buf, action);
-	else
-		appendStringInfoString(&buf, "null");
-	if (message == NULL)
-		appendStringInfoString(&buf, ", \"status\": \"success\"}");
-	else
-	{
-		appendStringInfoString(&buf, ", \"status\": \"failure\", \"error\": {\"message\": ");
-		escape_json(&buf, message);
-		appendStringInfo(&buf, ", \"code\": %d}}", status);
-	}
-
 	answer->status = status;
-	answer->body = buf.data;
+	answer->body = cs_response_body(action, message, status);
 	answer->note = note;
 }
 

@@ -18,39 +18,22 @@
 #include "postgres.h"
 
 #include "fmgr.h"
-#include "lib/stringinfo.h"
 #include "utils/builtins.h"
-#include "utils/json.h"
 #include "utils/jsonb.h"
 
 #include "membership.h"
 #include "page.h"
+#include "response.h"
 
 PG_FUNCTION_INFO_V1(cohortsync_ingest);
 PG_FUNCTION_INFO_V1(cohortsync_explain_swap);
 
-/* The response body; error is NULL on success. */
+/* The response as jsonb; error is NULL on success, else the page was the sender's fault. */
 static Datum
 response(const char *action, const char *error)
 {
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"action\": ");
-	if (action)
-		escape_json(&buf, action);
-	else
-		appendStringInfoString(&buf, "null");
-
-	if (error == NULL)
-		appendStringInfoString(&buf, ", \"status\": \"success\"}");
-	else
-	{
-		appendStringInfoString(&buf, ", \"status\": \"failure\", \"error\": {\"message\": ");
-		escape_json(&buf, error);
-		appendStringInfoString(&buf, ", \"code\": 400}}");
-	}
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+	return DirectFunctionCall1(jsonb_in,
+							   CStringGetDatum(cs_response_body(action, error, 400)));
 }
 
 Datum

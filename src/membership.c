@@ -209,6 +209,20 @@ static CsStatement stage_members = {
  */
 #define STAGED_SESSION "s.project_id = $1 AND s.cohort_id = $2 AND s.session_id = $3"
 
+/* Insert staged members (those meeting the extra condition), recording them as added. */
+#define INSERT_STAGED(condition) \
+	"WITH joined AS (" \
+	"  INSERT INTO cohortsync.members" \
+	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)" \
+	"  SELECT s.project_id, s.cohort_id, s.distinct_id, s.email, s.phone, s.first_name," \
+	"         s.last_name, s.properties" \
+	"    FROM cohortsync.staged_members s" \
+	"   WHERE " STAGED_SESSION condition \
+	"  RETURNING distinct_id, properties)" \
+	" INSERT INTO cohortsync.membership_changes" \
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)" \
+	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined"
+
 static const char *const swap_statements[] = {
 	/* who is stored but not in the new snapshot leaves */
 	"WITH gone AS ("
@@ -222,20 +236,9 @@ static const char *const swap_statements[] = {
 	" SELECT $1, $2, distinct_id, 'removed', $3, properties FROM gone",
 
 	/* who is in the snapshot but not stored joins */
-	"WITH joined AS ("
-	"  INSERT INTO cohortsync.members"
-	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
-	"  SELECT s.project_id, s.cohort_id, s.distinct_id, s.email, s.phone, s.first_name,"
-	"         s.last_name, s.properties"
-	"    FROM cohortsync.staged_members s"
-	"   WHERE " STAGED_SESSION
-	"     AND NOT EXISTS (SELECT FROM cohortsync.members m"
-	"                      WHERE m.project_id = $1 AND m.cohort_id = $2"
-	"                        AND m.distinct_id = s.distinct_id)"
-	"  RETURNING distinct_id, properties)"
-	" INSERT INTO cohortsync.membership_changes"
-	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
-	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined",
+	INSERT_STAGED("     AND NOT EXISTS (SELECT FROM cohortsync.members m"
+				  "                      WHERE m.project_id = $1 AND m.cohort_id = $2"
+				  "                        AND m.distinct_id = s.distinct_id)"),
 
 	/* who stays gets the fields of the snapshot; no change is recorded */
 	"UPDATE cohortsync.members m SET " REFRESH_FROM("s")
@@ -250,18 +253,7 @@ static const char *const swap_statements[] = {
  * nobody to refresh: the staged snapshot is inserted as it is. This is the common
  * case for big cohorts, and it skips two joins over the whole snapshot.
  */
-static const char *const first_fill_statement =
-	"WITH joined AS ("
-	"  INSERT INTO cohortsync.members"
-	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
-	"  SELECT s.project_id, s.cohort_id, s.distinct_id, s.email, s.phone, s.first_name,"
-	"         s.last_name, s.properties"
-	"    FROM cohortsync.staged_members s"
-	"   WHERE " STAGED_SESSION
-	"  RETURNING distinct_id, properties)"
-	" INSERT INTO cohortsync.membership_changes"
-	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
-	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined";
+static const char *const first_fill_statement = INSERT_STAGED("");
 
 static CsStatement cohort_is_empty = {
 	"SELECT NOT EXISTS (SELECT FROM cohortsync.members WHERE " COHORT_KEY ")",
