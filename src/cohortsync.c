@@ -14,6 +14,8 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "delivery.h"
+
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
@@ -22,6 +24,7 @@ void
 _PG_init(void)
 {
 	/* each part's init function goes here, before the prefix is reserved */
+	cs_delivery_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("cohortsync");
