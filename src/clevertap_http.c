@@ -137,7 +137,8 @@ set_header(struct curl_slist **list, const char *name, const char *value)
 	char	   *line = palloc(len);
 	struct curl_slist *l;
 
-	snprintf(line, len, "%s: %s", name, value);
+	/* "Name:" with nothing after the colon removes a header libcurl would add */
+	snprintf(line, len, value[0] ? "%s: %s" : "%s:", name, value);
 	l = curl_slist_append(*list, line);
 	explicit_bzero(line, len);
 	pfree(line);

@@ -138,6 +138,37 @@ like(sql("SELECT last_error FROM cohortsync.destination_status"), qr/^HTTP (503|
 	'retry: the last error is visible');
 
 #------------------------------------------------------------------------------
+# A garbage 200 and a reset connection are retried too.
+#------------------------------------------------------------------------------
+standin_post($ct, '/_reset');
+standin_post($ct, '/_control', { garbage => 1, reset => 1 });
+sql("SELECT page('add_members', 'g1', ARRAY['g1'], '14', 'Garbage')");
+ok(outbox_empty($node, 30), 'garbage and reset: delivered in the end');
+$stats = standin_get($ct, '/_stats');
+is(($stats->{by_status}{reset} // 0) . ' ' . scalar(@{ delivered_records($ct) }), '1 2',
+	'garbage and reset: one reset, then the records arrive');
+
+#------------------------------------------------------------------------------
+# A 400 splits the batch to isolate the bad record; the others go through,
+# in order.
+#------------------------------------------------------------------------------
+standin_post($ct, '/_reset');
+sql("SELECT cohortsync.pause_destination('ct')");
+sql("SELECT page('add_members', 'h1', ARRAY['h1', 'h2'], '15', 'Split')");
+my @queued = split /\n/, sql("SELECT (record->>'identity') || ' ' || (record->>'type')
+                                FROM cohortsync.outbox ORDER BY id");
+standin_post($ct, '/_control', { fail_next => 3, fail_status => 400 });
+sql("SELECT cohortsync.resume_destination('ct')");
+ok(outbox_empty($node, 30), '400: settled');
+is(sql("SELECT count(*) || ' ' || min(code) FROM cohortsync.failed_records"), '1 400',
+	'400: one record is isolated as failed');
+is(sql("SELECT record->>'identity' || ' ' || (record->>'type') FROM cohortsync.failed_records"),
+	$queued[0], '400: the first one, found by halving (4 -> 2 -> 1)');
+is_deeply([ map { "$_->{identity} $_->{type}" } @{ delivered_records($ct) } ],
+	[ @queued[ 1 .. 3 ] ], '400: the others arrive, in order');
+sql("DELETE FROM cohortsync.failed_records");
+
+#------------------------------------------------------------------------------
 # 401 pauses the destination, keeping every record; resume delivers them.
 #------------------------------------------------------------------------------
 standin_post($ct, '/_reset');
