@@ -213,7 +213,8 @@ CREATE TABLE cohortsync.outbox (
     destination     text        NOT NULL,
     identity        text        NOT NULL,       -- the record's "identity"; per-identity order key
     record          jsonb       NOT NULL,       -- exactly what goes into "d"
-    change_id       bigint      NOT NULL,       -- membership_changes.id it was built from
+    change_id       bigint,                     -- membership_changes.id it was built from;
+                                                -- NULL for a profile update (fields changed)
     phone_dropped   boolean     NOT NULL DEFAULT false,  -- the member's phone was not E.164
     created_at      timestamptz NOT NULL DEFAULT now(),
     attempts        integer     NOT NULL DEFAULT 0,
@@ -238,7 +239,7 @@ CREATE TABLE cohortsync.failed_records (
     destination  text        NOT NULL,
     identity     text        NOT NULL,
     record       jsonb       NOT NULL,
-    change_id    bigint      NOT NULL,
+    change_id    bigint,
     created_at   timestamptz NOT NULL,
     failed_at    timestamptz NOT NULL DEFAULT now(),
     attempts     integer     NOT NULL,
@@ -508,6 +509,58 @@ CREATE TRIGGER queue_changes
     REFERENCING NEW TABLE AS new_changes
     FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._queue_changes();
 
+-- A member's Email, Phone or Name changed without a membership change (a re-add
+-- or a full sync refreshed the stored fields): send a profile update with the
+-- current values. No event: nothing joined or left. Statement-level, like the
+-- change trigger; one UPDATE touches one cohort, so each member appears once.
+CREATE FUNCTION cohortsync._queue_profile_updates()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, m.identity,
+           jsonb_build_object('identity', m.identity, 'type', 'profile',
+                              'ts', floor(extract(epoch FROM now()))::bigint,
+                              'profileData', pd.profile_data),
+           NULL, m.phone IS NOT NULL AND NOT p.phone_ok
+      FROM new_members nm
+      JOIN old_members om
+        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
+       AND om.distinct_id = nm.distinct_id
+     CROSS JOIN cohortsync.destinations d
+     CROSS JOIN LATERAL (
+        SELECT coalesce(nullif(nm.properties ->> d.identity_property, ''),
+                        nullif(nm.properties ->> 'mixpanel_distinct_id', ''),
+                        nm.distinct_id) AS identity,
+               nullif(regexp_replace(nm.phone, '[[:space:]().\[\]-]', '', 'g'), '') AS phone) m
+     CROSS JOIN LATERAL (
+        SELECT coalesce(m.phone ~ '^\+[1-9][0-9]{6,14}$', false) AS phone_ok) p
+     CROSS JOIN LATERAL (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+                   'Email', nullif(nm.email, ''),
+                   'Phone', CASE WHEN p.phone_ok THEN m.phone END,
+                   'Name', nullif(concat_ws(' ', nullif(nm.first_name, ''),
+                                                 nullif(nm.last_name, '')), ''))) AS profile_data) pd
+     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
+           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
+       AND pd.profile_data <> '{}'::jsonb;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER queue_profile_updates
+    AFTER UPDATE ON cohortsync.members
+    REFERENCING OLD TABLE AS old_members NEW TABLE AS new_members
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._queue_profile_updates();
+
 -------------------------------------------------------------------------------
 -- The worker's statements. Kept in SQL so that they are tested by pgTAP and,
 -- after DROP EXTENSION, fail as one ordinary error the worker catches.
@@ -720,6 +773,9 @@ BEGIN
         UPDATE cohortsync.outbox o SET lease_until = now() + p_lease WHERE o.id = ANY (p_rest);
     END IF;
 
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = p_destination) THEN
+        RETURN v_result;        -- disconnected while the request was in flight
+    END IF;
     INSERT INTO cohortsync.destination_stats AS s
            (destination, requests, delivered, failed, phones_dropped, last_success_at,
             last_error, last_error_at)
@@ -777,6 +833,7 @@ REVOKE ALL ON FUNCTION cohortsync._clevertap_base_url(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._check_region(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._wake_delivery() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._queue_changes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._queue_profile_updates() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._release_leases() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._claim(text, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._next_due() FROM PUBLIC;

@@ -2,7 +2,7 @@
 -- worker's claim and outcome statements, passcode secrecy.
 BEGIN;
 SET client_min_messages = warning;
-SELECT plan(46);
+SELECT plan(48);
 
 -- a webhook page of one cohort; members are objects as Mixpanel sends them
 CREATE FUNCTION pg_temp.page(action text, session text, members jsonb,
@@ -221,6 +221,25 @@ SELECT matches((SELECT message FROM cohortsync.failed_records WHERE id = (SELECT
 SELECT is(cohortsync.replay_failed('plain'), 2::bigint, 'replay_failed queues failed records again');
 SELECT is((SELECT count(*) FROM cohortsync.failed_records WHERE destination = 'plain'), 0::bigint,
           '... and takes them out of failed_records');
+
+-------------------------------------------------------------------------------
+-- a member whose fields change without joining or leaving: a profile update
+-------------------------------------------------------------------------------
+SELECT pg_temp.page('add_members', 's9', '[{"mixpanel_distinct_id": "u3", "$CleverTap_user_id": "",
+                                             "email": "new@example.com", "first_name": "Neo"}]');
+SELECT results_eq(
+  $$SELECT destination, record FROM cohortsync.outbox WHERE change_id IS NULL ORDER BY destination$$,
+  $$VALUES ('ct', jsonb_build_object('identity', 'u3', 'type', 'profile',
+                                     'ts', floor(extract(epoch FROM now()))::bigint,
+                                     'profileData', '{"Email": "new@example.com", "Name": "Neo"}'::jsonb)),
+           ('plain', jsonb_build_object('identity', 'new@example.com', 'type', 'profile',
+                                     'ts', floor(extract(epoch FROM now()))::bigint,
+                                     'profileData', '{"Email": "new@example.com", "Name": "Neo"}'::jsonb))$$,
+  'changed Email/Name of a member: a profile update with the current values, no event');
+SELECT pg_temp.page('add_members', 's10', '[{"mixpanel_distinct_id": "u3", "$CleverTap_user_id": "",
+                                              "email": "new@example.com", "first_name": "Neo"}]');
+SELECT is((SELECT count(*) FROM cohortsync.outbox WHERE change_id IS NULL), 2::bigint,
+          'the same fields again queue nothing');
 
 -------------------------------------------------------------------------------
 -- passcodes are secrets
