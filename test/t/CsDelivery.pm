@@ -18,7 +18,7 @@ our @EXPORT = qw(start_standin standin_get standin_post new_delivery_node page_s
   wait_until outbox_empty delivered_records canonical);
 
 my $json = JSON::PP->new->canonical(1);
-my $http = HTTP::Tiny->new(timeout => 10);
+my $http = HTTP::Tiny->new(timeout => 10, verify_SSL => 0);
 
 # Start the stand-in on a free port; returns { port, handle }.
 sub start_standin
@@ -27,7 +27,8 @@ sub start_standin
 	my $dir = PostgreSQL::Test::Utils::tempdir();
 	my $port_file = "$dir/port";
 	my @cmd = ('python3', $ENV{CS_STANDIN}, '--port', '0', '--port-file', $port_file,
-		'--account', $opt{account} // 'ACC', '--passcode', $opt{passcode} // 'PASS');
+		'--account', $opt{account} // 'ACC', '--passcode', $opt{passcode} // 'PASS',
+		@{ $opt{args} // [] });
 	my ($out, $err) = ('', '');
 	my $h = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
 	for (1 .. 100)
@@ -38,12 +39,25 @@ sub start_standin
 	die "stand-in did not start: $err" unless -s $port_file;
 	my $port = PostgreSQL::Test::Utils::slurp_file($port_file);
 	chomp $port;
-	return { port => $port, handle => $h, url => "http://127.0.0.1:$port" };
+	my $scheme = $opt{args} && grep({ $_ eq '--tls-cert' } @{ $opt{args} }) ? 'https' : 'http';
+	return { port => $port, handle => $h, url => "$scheme://127.0.0.1:$port" };
+}
+
+# HTTP::Tiny needs IO::Socket::SSL for https, which may be missing: use curl there.
+sub curl_json
+{
+	my ($method, $url, $body) = @_;
+	my @cmd = ('curl', '-sk', '-X', $method, $url);
+	push @cmd, '-H', 'Content-Type: application/json', '--data', encode_json($body) if $body;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err) or die "curl $url: $err";
+	return decode_json($out);
 }
 
 sub standin_get
 {
 	my ($s, $path) = @_;
+	return curl_json('GET', "$s->{url}$path") if $s->{url} =~ /^https/;
 	my $r = $http->get("$s->{url}$path");
 	die "GET $path: $r->{status}" unless $r->{success};
 	return decode_json($r->{content});
@@ -52,6 +66,7 @@ sub standin_get
 sub standin_post
 {
 	my ($s, $path, $body) = @_;
+	return curl_json('POST', "$s->{url}$path", $body // {}) if $s->{url} =~ /^https/;
 	my $r = $http->post("$s->{url}$path",
 		{ content => encode_json($body // {}), headers => { 'Content-Type' => 'application/json' } });
 	die "POST $path: $r->{status} $r->{content}" unless $r->{success};
