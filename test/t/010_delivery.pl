@@ -7,6 +7,7 @@ use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time);
 use CsDelivery;
 
 my $ct = start_standin();
@@ -78,6 +79,23 @@ ok(outbox_empty($node, 30), 'fallback: delivered');
 is_deeply([ sort map { "$_->{identity} $_->{type}" } @{ delivered_records($ct) } ],
 	[ 'nocid-1 event', 'nocid-1 profile' ],
 	'fallback: the identity is mixpanel_distinct_id');
+
+#------------------------------------------------------------------------------
+# A commit wakes the worker: with the safety-net poll at 10 minutes, a change
+# still arrives at once.
+#------------------------------------------------------------------------------
+sql("ALTER SYSTEM SET cohortsync.poll_interval = '10min'");
+sql("SELECT pg_reload_conf()");
+sleep 1;
+standin_post($ct, '/_reset');
+my $t0 = time();
+sql("SELECT page('add_members', 'w', ARRAY['w1'], '78', 'Wake')");
+ok(wait_until(10, sub { scalar(@{ delivered_records($ct) }) == 2 }), 'wake: delivered');
+my $latency = time() - $t0;
+note sprintf('wake: delivered %.3f s after the commit', $latency);
+cmp_ok($latency, '<', 2, 'wake: without waiting for the poll');
+sql("ALTER SYSTEM RESET cohortsync.poll_interval");
+sql("SELECT pg_reload_conf()");
 
 #------------------------------------------------------------------------------
 # Batching: 2500 changes are 5000 records, in requests of at most 1000.
