@@ -227,8 +227,9 @@ CREATE TABLE cohortsync.outbox (
 CREATE INDEX outbox_claim_idx ON cohortsync.outbox (destination, id);
 -- per-identity ordering: is an older row of this identity still waiting or in flight?
 CREATE INDEX outbox_identity_idx ON cohortsync.outbox (destination, identity, id);
--- when is the next retry due?
-CREATE INDEX outbox_due_idx ON cohortsync.outbox (next_attempt_at);
+-- when is the next retry due? Only retried rows can be due later (new rows are
+-- due at once), so only they are indexed: a full sync does not pay for it.
+CREATE INDEX outbox_retry_idx ON cohortsync.outbox (next_attempt_at) WHERE attempts > 0;
 COMMENT ON TABLE cohortsync.outbox IS
     'CleverTap upload records waiting to be sent, one per record, in creation order of id.';
 
@@ -450,49 +451,57 @@ DECLARE
 BEGIN
     -- Within one statement every (cohort, member) changes once, so the records
     -- of one identity made here commute; no ORDER BY (it would sort millions).
+    --
+    -- The subquery x computes both records of a (change, destination) once;
+    -- OFFSET 0 keeps the planner from pulling it up into the VALUES list, which
+    -- would evaluate its expressions once per reference.
     INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, m.identity, r.record, c.id, r.phone_dropped
-      FROM new_changes c
-      LEFT JOIN cohortsync.cohorts co
-             ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
-     CROSS JOIN cohortsync.destinations d
-     CROSS JOIN LATERAL (
-        SELECT coalesce(nullif(c.properties ->> d.identity_property, ''),
-                        nullif(c.properties ->> 'mixpanel_distinct_id', ''),
-                        c.distinct_id) AS identity,
-               floor(extract(epoch FROM c.changed_at))::bigint AS ts,
-               coalesce(co.name, c.cohort_id) AS cohort_name,
-               c.change = 'added' AS added,
-               nullif(regexp_replace(c.properties ->> 'phone_number', '[[:space:]().\[\]-]', '', 'g'),
-                      '') AS phone) m
-     CROSS JOIN LATERAL (
-        SELECT coalesce(m.phone ~ '^\+[1-9][0-9]{6,14}$', false) AS phone_ok) p
-     CROSS JOIN LATERAL (
-        SELECT CASE WHEN d.cohorts_property IS NULL THEN '{}'::jsonb
-                    ELSE jsonb_build_object(d.cohorts_property,
-                             jsonb_build_object(CASE WHEN m.added THEN '$add' ELSE '$remove' END,
-                                                jsonb_build_array(m.cohort_name)))
-               END
-               || CASE WHEN m.added THEN jsonb_strip_nulls(jsonb_build_object(
-                         'Email', nullif(c.properties ->> 'email', ''),
-                         'Phone', CASE WHEN p.phone_ok THEN m.phone END,
-                         'Name', nullif(concat_ws(' ', nullif(c.properties ->> 'first_name', ''),
-                                                       nullif(c.properties ->> 'last_name', '')), '')))
-                       ELSE '{}'::jsonb
-                  END AS profile_data) pd
+    SELECT x.destination, x.identity, r.record, x.change_id, r.phone_dropped
+      FROM (SELECT d.name AS destination, m.identity, c.id AS change_id,
+                   jsonb_build_object(
+                       'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', d.event_name,
+                       'evtData', jsonb_build_object(
+                           'Partner Segment Name', m.cohort_name,
+                           'Action', CASE WHEN m.added THEN 'Added' ELSE 'Removed' END,
+                           'Partner Segment ID', c.cohort_id,
+                           'CT Source', 'Mixpanel',
+                           'Partner Name', 'Mixpanel')) AS event,
+                   m.ts,
+                   CASE WHEN d.cohorts_property IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object(d.cohorts_property,
+                                 jsonb_build_object(CASE WHEN m.added THEN '$add' ELSE '$remove' END,
+                                                    jsonb_build_array(m.cohort_name)))
+                   END
+                   || CASE WHEN m.added THEN jsonb_strip_nulls(jsonb_build_object(
+                             'Email', nullif(c.properties ->> 'email', ''),
+                             'Phone', CASE WHEN m.phone_ok THEN m.phone END,
+                             'Name', nullif(concat_ws(' ', nullif(c.properties ->> 'first_name', ''),
+                                                           nullif(c.properties ->> 'last_name', '')), '')))
+                           ELSE '{}'::jsonb
+                      END AS profile_data,
+                   m.added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
+              FROM new_changes c
+              LEFT JOIN cohortsync.cohorts co
+                     ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+             CROSS JOIN cohortsync.destinations d
+             CROSS JOIN LATERAL (
+                SELECT y.*, coalesce(y.phone ~ '^\+[1-9][0-9]{6,14}$', false) AS phone_ok
+                  FROM (SELECT coalesce(nullif(c.properties ->> d.identity_property, ''),
+                                        nullif(c.properties ->> 'mixpanel_distinct_id', ''),
+                                        c.distinct_id) AS identity,
+                               floor(extract(epoch FROM c.changed_at))::bigint AS ts,
+                               coalesce(co.name, c.cohort_id) AS cohort_name,
+                               c.change = 'added' AS added,
+                               nullif(regexp_replace(c.properties ->> 'phone_number',
+                                                     '[[:space:]().\[\]-]', '', 'g'), '') AS phone
+                        OFFSET 0) y
+                OFFSET 0) m
+            OFFSET 0) x
      CROSS JOIN LATERAL (VALUES
-        (jsonb_build_object(
-            'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', d.event_name,
-            'evtData', jsonb_build_object(
-                'Partner Segment Name', m.cohort_name,
-                'Action', CASE WHEN m.added THEN 'Added' ELSE 'Removed' END,
-                'Partner Segment ID', c.cohort_id,
-                'CT Source', 'Mixpanel',
-                'Partner Name', 'Mixpanel')),
-         m.added AND m.phone IS NOT NULL AND NOT p.phone_ok),
-        (CASE WHEN pd.profile_data <> '{}'::jsonb THEN jsonb_build_object(
-            'identity', m.identity, 'type', 'profile', 'ts', m.ts,
-            'profileData', pd.profile_data) END,
+        (x.event, x.phone_dropped),
+        (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
+            'identity', x.identity, 'type', 'profile', 'ts', x.ts,
+            'profileData', x.profile_data) END,
          false)) r(record, phone_dropped)
      WHERE r.record IS NOT NULL;
 
@@ -581,9 +590,22 @@ $$;
 -- identity is in flight, or while an older one is waiting for a retry: so no
 -- two requests in flight carry one identity, and an identity's records go out
 -- in the order they were made.
+--
+-- The plan must walk outbox_claim_idx in id order and stop after p_limit rows,
+-- probing outbox_identity_idx per candidate: then a claim costs the same with a
+-- thousand queued rows or twenty million. A queue's statistics are always stale
+-- (a full sync inserts millions between two ANALYZEs), and with stale ones the
+-- planner prefers hashing and sorting the whole queue; the SET clauses below take
+-- those plans off the menu, as membership.c does for the full-sync swap.
 CREATE FUNCTION cohortsync._claim(p_destination text, p_limit integer, p_lease interval)
 RETURNS TABLE (id bigint, record text) LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
+SET enable_sort = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET jit = off               -- the disabled nodes' costs would otherwise trigger JIT
 AS $$
     WITH picked AS (
         SELECT o.id
@@ -595,7 +617,8 @@ AS $$
                 SELECT FROM cohortsync.outbox b
                  WHERE b.destination = o.destination AND b.identity = o.identity
                    AND b.id <> o.id
-                   AND (b.lease_until >= now() OR (b.id < o.id AND b.next_attempt_at > now())))
+                   AND (b.lease_until >= now() OR (b.id < o.id AND b.next_attempt_at > now()))
+                OFFSET 0)           -- a probe per candidate, never a join over the queue
          ORDER BY o.id
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED),
@@ -614,7 +637,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT extract(epoch FROM min(o.next_attempt_at) - now())::double precision
       FROM cohortsync.outbox o
-     WHERE o.next_attempt_at > now()
+     WHERE o.attempts > 0 AND o.next_attempt_at > now()
 $$;
 
 -- Record what became of one request carrying the records p_ids, in one
