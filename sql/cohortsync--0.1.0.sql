@@ -619,7 +619,8 @@ AS $$
                    AND b.id <> o.id
                    AND (b.lease_until >= now() OR (b.id < o.id AND b.next_attempt_at > now()))
                 OFFSET 0)           -- a probe per candidate, never a join over the queue
-         ORDER BY o.id
+         ORDER BY o.destination, o.id   -- = id order; walks outbox_claim_idx, not the pkey
+                                        -- (which would wade through other destinations' rows)
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED),
     leased AS (
