@@ -339,6 +339,19 @@ log_caught_error(const char *doing, ErrorData *edata)
 					 "logged at most once a minute.")));
 }
 
+/* Whether a retry is worth a log line: at most one a minute. */
+static bool
+retry_log_due(void)
+{
+	static TimestampTz last_retry_log = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (last_retry_log != 0 && !TimestampDifferenceExceeds(last_retry_log, now, LOG_INTERVAL_MS))
+		return false;
+	last_retry_log = now;
+	return true;
+}
+
 static void
 start_transaction(const char *activity)
 {
@@ -608,6 +621,15 @@ settle(CsRequest *req)
 	PG_END_TRY();
 	MemoryContextSwitchTo(loop_cxt);
 
+	if (outcome == CS_OUTCOME_RETRY && req->call.http_status != 401 &&
+		req->call.http_status != 403 && retry_log_due())
+		ereport(LOG,
+				(errmsg("cohortsync delivery: destination \"%s\": %s; the records will be retried",
+						req->destination,
+						req->call.http_status == 0 ? req->call.errbuf :
+						psprintf("HTTP %ld", req->call.http_status)),
+				 errhint("Further retries are logged at most once a minute; "
+						 "see cohortsync.destination_status.")));
 	if (req->call.http_status == 401 || req->call.http_status == 403)
 		ereport(LOG,
 				(errmsg("cohortsync delivery: CleverTap refused the credentials of destination \"%s\" (HTTP %ld); it is paused",

@@ -28,6 +28,10 @@ is($standby->safe_psql('postgres',
 	'no delivery worker runs on the standby');
 is(standin_get($ct, '/_stats')->{requests}, 0, 'the standby sent nothing');
 
+my @waiting = slurp_file($primary->logfile) =~
+  /extension "cohortsync" is not installed in database "postgres"; waiting/g;
+is(scalar(@waiting), 1, 'where the extension is not installed, the worker waits quietly (one log line)');
+
 $standby->promote;
 ok(wait_until(30, sub {
 	$standby->safe_psql('csdb', 'SELECT count(*) FROM cohortsync.outbox') eq '0' }),
