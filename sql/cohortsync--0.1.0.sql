@@ -671,6 +671,13 @@ DECLARE
     v_n         bigint;
     v_result    text := 'done';
 BEGIN
+    -- Whatever answered may echo the request's headers back (a misconfigured
+    -- proxy): the passcode must not reach last_error, paused_reason or failed_records.
+    SELECT replace(p_body, s.passcode, '[passcode]'), replace(p_error, s.passcode, '[passcode]')
+      INTO p_body, p_error
+      FROM cohortsync.destination_secrets s
+     WHERE s.name = p_destination AND s.passcode <> '';
+
     BEGIN
         v_body := p_body::jsonb;
     EXCEPTION WHEN others THEN

@@ -2,7 +2,7 @@
 -- worker's claim and outcome statements, passcode secrecy.
 BEGIN;
 SET client_min_messages = warning;
-SELECT plan(48);
+SELECT plan(49);
 
 -- a webhook page of one cohort; members are objects as Mixpanel sends them
 CREATE FUNCTION pg_temp.page(action text, session text, members jsonb,
@@ -244,6 +244,14 @@ SELECT is((SELECT count(*) FROM cohortsync.outbox WHERE change_id IS NULL), 2::b
 -------------------------------------------------------------------------------
 -- passcodes are secrets
 -------------------------------------------------------------------------------
+UPDATE cohortsync.outbox SET lease_until = now() + interval '1 minute'
+ WHERE id = (SELECT min(id) FROM cohortsync.outbox WHERE destination = 'plain');
+SELECT cohortsync._record_outcome('plain', ARRAY[(SELECT min(id) FROM cohortsync.outbox WHERE destination = 'plain')],
+            502, '<html>bad gateway; you sent X-CleverTap-Passcode: SECRET-PASS-2</html>', NULL,
+            '3 days', '1 minute');
+SELECT is((SELECT last_error FROM cohortsync.destination_status WHERE name = 'plain'),
+          'HTTP 502: <html>bad gateway; you sent X-CleverTap-Passcode: [passcode]</html>',
+          'an answer that echoes the passcode is scrubbed before it is stored');
 CREATE ROLE cs_tap_reader;
 GRANT USAGE ON SCHEMA cohortsync TO cs_tap_reader;
 GRANT SELECT ON cohortsync.destination_status, cohortsync.destinations TO cs_tap_reader;
