@@ -167,6 +167,34 @@ is(($stats->{by_status}{reset} // 0) . ' ' . scalar(@{ delivered_records($ct) })
 	'garbage and reset: one reset, then the records arrive');
 
 #------------------------------------------------------------------------------
+# A request that times out is retried; so is a refused connection.
+#------------------------------------------------------------------------------
+standin_post($ct, '/_reset');
+sql("ALTER SYSTEM SET cohortsync.request_timeout = '1s'");
+sql("SELECT pg_reload_conf()");
+sleep 1;
+standin_post($ct, '/_control', { hang => JSON::PP::true });
+sql("SELECT page('add_members', 'to', ARRAY['to1'], '16', 'Timeout')");
+ok(wait_until(20, sub {
+	sql("SELECT coalesce(last_error, '') FROM cohortsync.destination_status WHERE name = 'ct'") =~ /Timeout/i }),
+	'timeout: the request times out, visibly');
+standin_post($ct, '/_control', { hang => JSON::PP::false });
+sql("ALTER SYSTEM RESET cohortsync.request_timeout");
+sql("SELECT pg_reload_conf()");
+ok(outbox_empty($node, 30), 'timeout: delivered on a retry');
+is(scalar(@{ delivered_records($ct) }), 2, 'timeout: once');
+
+sql("SELECT cohortsync.connect_clevertap('down', 'ACC', 'PASS', 'eu1', 'http://127.0.0.1:1')");
+sql("SELECT page('add_members', 'dn', ARRAY['dn1'], '17', 'Down')");
+ok(wait_until(20, sub {
+	sql("SELECT coalesce(last_error, '') FROM cohortsync.destination_status WHERE name = 'down'") =~ /connect/i }),
+	'connection refused: retried, with the error visible');
+is(sql("SELECT pending FROM cohortsync.destination_status WHERE name = 'down'"), '2',
+	'connection refused: the records are kept');
+sql("SELECT cohortsync.disconnect_clevertap('down')");
+ok(outbox_empty($node, 30), 'disconnect: takes its queue with it');
+
+#------------------------------------------------------------------------------
 # A 400 splits the batch to isolate the bad record; the others go through,
 # in order.
 #------------------------------------------------------------------------------
