@@ -586,10 +586,13 @@ AS $$
 $$;
 
 -- Claim up to p_limit due records of one destination, oldest first, and lease
--- them for p_lease. A record is never claimed while another record of the same
--- identity is in flight, or while an older one is waiting for a retry: so no
--- two requests in flight carry one identity, and an identity's records go out
--- in the order they were made.
+-- them for p_lease. A record is claimed only when no other record of its
+-- identity is in flight and no older record of its identity is left, except
+-- those of the same change (its event and profile, which commute). So no two
+-- requests in flight carry one identity, an identity's changes go out one
+-- request after the other in the order they were made, and a record retried
+-- alone (CleverTap's 555) can never be overtaken by a later change of its user.
+-- (A profile update without a change, change_id NULL, counts as a change of its own.)
 --
 -- The plan must walk outbox_claim_idx in id order and stop after p_limit rows,
 -- probing outbox_identity_idx per candidate: then a claim costs the same with a
@@ -617,7 +620,10 @@ AS $$
                 SELECT FROM cohortsync.outbox b
                  WHERE b.destination = o.destination AND b.identity = o.identity
                    AND b.id <> o.id
-                   AND (b.lease_until >= now() OR (b.id < o.id AND b.next_attempt_at > now()))
+                   AND (b.lease_until >= now()
+                        OR (b.id < o.id
+                            AND (b.next_attempt_at > now()
+                                 OR coalesce(b.change_id, -b.id) <> coalesce(o.change_id, -o.id))))
                 OFFSET 0)           -- a probe per candidate, never a join over the queue
          ORDER BY o.destination, o.id   -- = id order; walks outbox_claim_idx, not the pkey
                                         -- (which would wade through other destinations' rows)

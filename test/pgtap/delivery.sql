@@ -2,7 +2,7 @@
 -- worker's claim and outcome statements, passcode secrecy.
 BEGIN;
 SET client_min_messages = warning;
-SELECT plan(49);
+SELECT plan(50);
 
 -- a webhook page of one cohort; members are objects as Mixpanel sends them
 CREATE FUNCTION pg_temp.page(action text, session text, members jsonb,
@@ -147,13 +147,16 @@ CREATE TEMP TABLE c2 AS SELECT * FROM cohortsync._claim('ct', 1000, '1 minute');
 SELECT is((SELECT count(*) FROM c2 JOIN cohortsync.outbox o USING (id)
             WHERE o.identity IN (SELECT o1.identity FROM c1 JOIN cohortsync.outbox o1 USING (id))),
           0::bigint, 'no second claim carries an identity already in flight');
-SELECT is((SELECT count(*) FROM c2),
-          (SELECT count(*) FROM cohortsync.outbox
-            WHERE destination = 'ct'
-              AND identity NOT IN (SELECT o1.identity FROM c1 JOIN cohortsync.outbox o1 USING (id))),
-          'every other identity is claimed');
+SELECT results_eq($$SELECT id FROM c2$$,
+          $$SELECT id FROM cohortsync.outbox o
+             WHERE destination = 'ct'
+               AND identity NOT IN (SELECT o1.identity FROM c1 JOIN cohortsync.outbox o1 USING (id))
+               AND change_id = (SELECT min(x.change_id) FROM cohortsync.outbox x
+                                 WHERE x.destination = 'ct' AND x.identity = o.identity)
+             ORDER BY id$$,
+          'every other identity''s oldest change is claimed (event and profile), later changes wait');
 SELECT is((SELECT in_flight FROM cohortsync.destination_status WHERE name = 'ct'),
-          (SELECT count(*) FROM cohortsync.outbox WHERE destination = 'ct'),
+          (SELECT count(*) FROM c1) + (SELECT count(*) FROM c2),
           'the status view counts them in flight');
 
 -------------------------------------------------------------------------------
@@ -177,8 +180,12 @@ SELECT results_eq($$SELECT id, attempts, next_attempt_at > now(), lease_until IS
                   'code 555 is kept for a retry, later');
 SELECT is((SELECT delivered FROM cohortsync.destination_status WHERE name = 'ct'),
           (SELECT count(*) - 2 FROM c2), 'the rest is delivered');
-SELECT is((SELECT count(*) FROM cohortsync._claim('ct', 1000, '1 minute')), 0::bigint,
-          'nothing is claimable: ct-1 is in flight, the other identity waits for its retry');
+SELECT is((SELECT count(*) FROM cohortsync._claim('ct', 1000, '1 minute') c
+             JOIN cohortsync.outbox o USING (id)
+            WHERE o.identity IN (SELECT o2.identity FROM sent JOIN cohortsync.outbox o2 USING (id) WHERE pos = 3
+                                 UNION SELECT o1.identity FROM c1 JOIN cohortsync.outbox o1 USING (id))),
+          0::bigint,
+          'nothing of an identity in flight, or of one whose record waits for its retry, is claimable');
 
 SELECT is(cohortsync._record_outcome('ct', (SELECT array_agg(id ORDER BY id) FROM c1), 503,
             '{"status":"fail","error":"Service unavailable","code":503}', NULL, '3 days', '1 minute'),
@@ -246,9 +253,9 @@ SELECT is((SELECT count(*) FROM cohortsync.outbox WHERE change_id IS NULL), 2::b
 -------------------------------------------------------------------------------
 UPDATE cohortsync.outbox SET lease_until = now() + interval '1 minute'
  WHERE id = (SELECT min(id) FROM cohortsync.outbox WHERE destination = 'plain');
-SELECT cohortsync._record_outcome('plain', ARRAY[(SELECT min(id) FROM cohortsync.outbox WHERE destination = 'plain')],
+SELECT is(cohortsync._record_outcome('plain', ARRAY[(SELECT min(id) FROM cohortsync.outbox WHERE destination = 'plain')],
             502, '<html>bad gateway; you sent X-CleverTap-Passcode: SECRET-PASS-2</html>', NULL,
-            '3 days', '1 minute');
+            '3 days', '1 minute'), 'retry', 'a 502 is retried');
 SELECT is((SELECT last_error FROM cohortsync.destination_status WHERE name = 'plain'),
           'HTTP 502: <html>bad gateway; you sent X-CleverTap-Passcode: [passcode]</html>',
           'an answer that echoes the passcode is scrubbed before it is stored');

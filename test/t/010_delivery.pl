@@ -137,6 +137,27 @@ ok(outbox_empty($node, 30), 'partial: replayed records are delivered');
 sql("DELETE FROM cohortsync.failed_records");
 
 #------------------------------------------------------------------------------
+# A change whose records are retried (555) is not overtaken by the next change
+# of the same user: the removal waits, unsent, until the addition went through.
+#------------------------------------------------------------------------------
+standin_post($ct, '/_reset');
+sql("SELECT cohortsync.pause_destination('ct')");
+sql("SELECT page('add_members', 'z1', ARRAY['z1'], '98', 'Wait')");
+sql("SELECT page('remove_members', 'z2', ARRAY['z1'], '98', 'Wait')");
+standin_post($ct, '/_control', { record_codes => { 'ct-z1' => 555 } });
+sql("SELECT cohortsync.resume_destination('ct')");
+ok(wait_until(20, sub {
+	sql("SELECT count(*) FROM cohortsync.outbox WHERE identity = 'ct-z1' AND attempts > 0") eq '2' }),
+	'555 order: the addition is retried');
+is(sql("SELECT count(*) FROM cohortsync.outbox WHERE identity = 'ct-z1' AND attempts = 0
+          AND record->'evtData'->>'Action' = 'Removed' OR record->'profileData'->'Mixpanel Cohorts' ? '\$remove'"),
+	'2', '555 order: the removal was never sent meanwhile');
+standin_post($ct, '/_control', { record_codes => undef });
+ok(outbox_empty($node, 30), '555 order: both delivered in the end');
+is_deeply([ map { $_->{evtData}{Action} } grep { $_->{type} eq 'event' } @{ delivered_records($ct) } ],
+	[ 'Added', 'Removed' ], '555 order: Added before Removed');
+
+#------------------------------------------------------------------------------
 # 429 and 503 are retried with nothing lost and nothing duplicated.
 #------------------------------------------------------------------------------
 standin_post($ct, '/_reset');
