@@ -14,6 +14,7 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "delivery.h"
 #include "guc_common.h"
 #include "http_listener.h"
 
@@ -26,6 +27,7 @@ _PG_init(void)
 {
 	/* each part's init function goes here, before the prefix is reserved */
 	cs_define_common_gucs();
+	cs_delivery_init();
 	cs_http_listener_init();
 
 #if PG_VERSION_NUM >= 150000

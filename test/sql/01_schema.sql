@@ -18,7 +18,7 @@ SELECT c.relname, string_agg(a.attname || ' ' || format_type(a.atttypid, a.attty
 SELECT conrelid::regclass AS tbl, pg_get_constraintdef(oid) AS pkey
   FROM pg_constraint
  WHERE connamespace = 'cohortsync'::regnamespace AND contype = 'p'
- ORDER BY 1::text;
+ ORDER BY conrelid::regclass::text;
 
 -- functions, and who may call them: nobody but the owner until granted
 SELECT p.oid::regprocedure AS function, pg_get_function_result(p.oid) AS returns,
@@ -26,8 +26,9 @@ SELECT p.oid::regprocedure AS function, pg_get_function_result(p.oid) AS returns
        has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_execute
   FROM pg_proc p
  WHERE p.pronamespace = 'cohortsync'::regnamespace
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 
 -- the data is dumped by pg_dump
-SELECT unnest(extconfig)::regclass AS dumped
-  FROM pg_extension WHERE extname = 'cohortsync' ORDER BY 1::text;
+SELECT d::regclass AS dumped
+  FROM pg_extension, unnest(extconfig) AS d
+ WHERE extname = 'cohortsync' ORDER BY d::regclass::text;

@@ -1,0 +1,341 @@
+/*-------------------------------------------------------------------------
+ *
+ * clevertap_http.c
+ *	  Uploads to CleverTap over libcurl's multi interface, driven by the
+ *	  delivery worker's wait loop.
+ *
+ * One multi handle lives as long as the process, so connections (and TLS
+ * sessions) are reused from one request to the next. libcurl tells us which
+ * sockets it wants watched (CURLMOPT_SOCKETFUNCTION) and when it wants to be
+ * called back (CURLMOPT_TIMERFUNCTION); cs_http_wait() turns that into one
+ * WaitEventSet together with the process latch and postmaster death, so a
+ * commit's wake-up, SIGTERM and SIGHUP are noticed while requests are in
+ * flight, without any thread and without blocking in curl.
+ *
+ * libcurl never runs our code except from within curl_multi_socket_action(),
+ * and the callbacks below never raise an ERROR: a longjmp through libcurl
+ * would leave it in an undefined state.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "miscadmin.h"
+#include "portability/instr_time.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+
+#include "clevertap_http.h"
+
+int			cs_connect_timeout_ms = 10000;
+int			cs_request_timeout_ms = 60000;
+char	   *cs_ca_file = NULL;
+
+/* A CleverTap answer is a few KB; anything beyond this is not worth keeping. */
+#define MAX_RESPONSE_BYTES (2 * 1024 * 1024)
+/* Sockets libcurl may want watched at once: 15 requests per destination, many destinations. */
+#define MAX_SOCKETS 256
+
+typedef struct WatchedSocket
+{
+	curl_socket_t fd;
+	int			what;			/* CURL_POLL_IN / OUT / INOUT */
+} WatchedSocket;
+
+static CURLM *multi = NULL;
+static WatchedSocket sockets[MAX_SOCKETS];
+static int	nsockets = 0;
+static bool sockets_overflowed = false;
+static int64 timer_deadline_ms = -1;	/* when curl wants CURL_SOCKET_TIMEOUT; -1 none */
+static int	in_flight = 0;
+
+static int64
+now_ms(void)
+{
+	instr_time	t;
+
+	INSTR_TIME_SET_CURRENT(t);
+	return (int64) INSTR_TIME_GET_MILLISEC(t);
+}
+
+/* libcurl: start, change or stop watching a socket. */
+static int
+socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	int			i;
+
+	for (i = 0; i < nsockets; i++)
+		if (sockets[i].fd == fd)
+			break;
+
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (i < nsockets)
+			sockets[i] = sockets[--nsockets];
+		return 0;
+	}
+	if (i == nsockets)
+	{
+		if (nsockets == MAX_SOCKETS)
+		{
+			/* not watched: curl's timer still drives it, only less promptly */
+			sockets_overflowed = true;
+			return 0;
+		}
+		nsockets++;
+		sockets[i].fd = fd;
+	}
+	sockets[i].what = what;
+	return 0;
+}
+
+/* libcurl: call me back with CURL_SOCKET_TIMEOUT after timeout_ms (-1: never). */
+static int
+timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+	timer_deadline_ms = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	return 0;
+}
+
+/* libcurl: a piece of the answer. Never raises: a short count aborts the transfer. */
+static size_t
+write_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	CsHttpCall *call = (CsHttpCall *) userp;
+	size_t		n = size * nmemb;
+
+	if (call->response.len + n > MAX_RESPONSE_BYTES)
+		return 0;
+	/* the buffer was sized for the cap in cs_http_start, so this never reallocates */
+	memcpy(call->response.data + call->response.len, data, n);
+	call->response.len += n;
+	call->response.data[call->response.len] = '\0';
+	return n;
+}
+
+void
+cs_http_init(void)
+{
+	CURLcode	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+
+	if (rc != CURLE_OK)
+		elog(ERROR, "cohortsync: could not initialise libcurl: %s", curl_easy_strerror(rc));
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "cohortsync: could not create a libcurl multi handle");
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+}
+
+static void
+set_header(struct curl_slist **list, const char *name, const char *value)
+{
+	/* built in a local buffer and wiped: one of these is the passcode */
+	size_t		len = strlen(name) + strlen(value) + 3;
+	char	   *line = palloc(len);
+	struct curl_slist *l;
+
+	/* "Name:" with nothing after the colon removes a header libcurl would add */
+	snprintf(line, len, value[0] ? "%s: %s" : "%s:", name, value);
+	l = curl_slist_append(*list, line);
+	explicit_bzero(line, len);
+	pfree(line);
+	if (l == NULL)
+		elog(ERROR, "cohortsync: out of memory building request headers");
+	*list = l;
+}
+
+void
+cs_http_start(CsHttpCall *call, const char *base_url, const char *account_id,
+			  const char *passcode, const StringInfo body)
+{
+	CURL	   *easy;
+	char	   *url;
+	struct curl_slist *headers = NULL;
+	CURLMcode	mrc;
+
+	Assert(multi != NULL);
+	call->http_status = 0;
+	call->finished = false;
+	call->errbuf[0] = '\0';
+	/* allocated once at the cap, so write_cb never allocates inside libcurl */
+	initStringInfo(&call->response);
+	enlargeStringInfo(&call->response, MAX_RESPONSE_BYTES + 1);
+
+	easy = curl_easy_init();
+	if (easy == NULL)
+		elog(ERROR, "cohortsync: could not create a libcurl handle");
+
+	url = psprintf("%s/1/upload", base_url);
+	set_header(&headers, "X-CleverTap-Account-Id", account_id);
+	set_header(&headers, "X-CleverTap-Passcode", passcode);
+	set_header(&headers, "Content-Type", "application/json; charset=utf-8");
+	/* no "Expect: 100-continue" round trip for large bodies */
+	set_header(&headers, "Expect", "");
+
+	curl_easy_setopt(easy, CURLOPT_URL, url);	/* libcurl copies it */
+	pfree(url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body->data);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body->len);
+	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, call);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, call->errbuf);
+	curl_easy_setopt(easy, CURLOPT_PRIVATE, call);
+	/* signals belong to PostgreSQL; curl must not install handlers or use alarm() */
+	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) cs_connect_timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) cs_request_timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (cs_ca_file != NULL && cs_ca_file[0] != '\0')
+		curl_easy_setopt(easy, CURLOPT_CAINFO, cs_ca_file);
+	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "cohortsync/0.1.0");
+
+	mrc = curl_multi_add_handle(multi, easy);
+	if (mrc != CURLM_OK)
+	{
+		curl_easy_cleanup(easy);
+		curl_slist_free_all(headers);
+		elog(ERROR, "cohortsync: could not start a request: %s", curl_multi_strerror(mrc));
+	}
+	call->easy = easy;
+	call->headers = headers;
+	in_flight++;
+}
+
+static void
+release(CsHttpCall *call)
+{
+	if (call->easy == NULL)
+		return;
+	curl_multi_remove_handle(multi, (CURL *) call->easy);
+	curl_easy_cleanup((CURL *) call->easy);
+	/* the passcode header: libcurl's copy is freed here */
+	curl_slist_free_all((struct curl_slist *) call->headers);
+	call->easy = NULL;
+	call->headers = NULL;
+	in_flight--;
+}
+
+void
+cs_http_abandon(CsHttpCall *call)
+{
+	release(call);
+}
+
+int
+cs_http_in_flight(void)
+{
+	return in_flight;
+}
+
+bool
+cs_http_wait(long timeout_ms, uint32 wait_event_info)
+{
+	WaitEventSet *set;
+	WaitEvent	events[MAX_SOCKETS + 2];
+	int			nevents;
+	bool		latch_set = false;
+	int			running;
+	int64		now = now_ms();
+
+	/* curl's own deadline comes first */
+	if (timer_deadline_ms >= 0)
+	{
+		int64		until_timer = Max(timer_deadline_ms - now, 0);
+
+		if (until_timer < timeout_ms)
+			timeout_ms = (long) until_timer;
+	}
+	if (sockets_overflowed && timeout_ms > 10)
+		timeout_ms = 10;
+
+	/* rebuilt every time: at most a few dozen sockets, and curl changes them often */
+	set = CreateWaitEventSet(CurrentMemoryContext, nsockets + 2);
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	for (int i = 0; i < nsockets; i++)
+	{
+		uint32		ev = 0;
+
+		if (sockets[i].what & CURL_POLL_IN)
+			ev |= WL_SOCKET_READABLE;
+		if (sockets[i].what & CURL_POLL_OUT)
+			ev |= WL_SOCKET_WRITEABLE;
+		if (ev != 0)
+			AddWaitEventToSet(set, ev, sockets[i].fd, NULL, NULL);
+	}
+	nevents = WaitEventSetWait(set, timeout_ms, events, lengthof(events), wait_event_info);
+	FreeWaitEventSet(set);
+
+	for (int i = 0; i < nevents; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			latch_set = true;
+		}
+		else if (events[i].events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
+		{
+			int			flags = 0;
+
+			if (events[i].events & WL_SOCKET_READABLE)
+				flags |= CURL_CSELECT_IN;
+			if (events[i].events & WL_SOCKET_WRITEABLE)
+				flags |= CURL_CSELECT_OUT;
+			curl_multi_socket_action(multi, events[i].fd, flags, &running);
+		}
+	}
+
+	if ((timer_deadline_ms >= 0 && now_ms() >= timer_deadline_ms) || sockets_overflowed)
+	{
+		sockets_overflowed = false;
+		timer_deadline_ms = -1;
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+	return latch_set;
+}
+
+CsHttpCall *
+cs_http_next_finished(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		CsHttpCall *call = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &call);
+		if (call == NULL)
+			continue;
+		if (msg->data.result == CURLE_OK)
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &call->http_status);
+		else
+		{
+			/* no usable answer: say why, in curl's words (never a header or body) */
+			char		why[sizeof(call->errbuf)];
+
+			snprintf(why, sizeof(why), "%s%s%s", curl_easy_strerror(msg->data.result),
+					 call->errbuf[0] ? ": " : "", call->errbuf);
+			strlcpy(call->errbuf, why, sizeof(call->errbuf));
+			call->http_status = 0;
+		}
+		call->finished = true;
+		release(call);
+		return call;
+	}
+	return NULL;
+}

@@ -1,0 +1,746 @@
+/*-------------------------------------------------------------------------
+ *
+ * delivery_worker.c
+ *	  The background worker that drains cohortsync.outbox into CleverTap.
+ *
+ * One worker per cluster, connected to cohortsync.database. Its loop:
+ *
+ *	1. settle every finished request, each in one short transaction
+ *	   (cohortsync._record_outcome);
+ *	2. when woken (a commit queued records), when a request finished, or when
+ *	   the poll interval or the next retry is due: in one short transaction,
+ *	   claim and lease batches for every active destination with a free slot
+ *	   (cohortsync._claim), commit, and only then start the requests;
+ *	3. wait on the latch, postmaster death and libcurl's sockets and timer.
+ *
+ * No transaction, lock or snapshot is held while requests are in flight. A
+ * record is deleted only after CleverTap answered for it, so a crash at any
+ * point loses nothing: the next worker releases the leases and sends again
+ * (at least once; duplicates are bounded by the batches in flight).
+ *
+ * Committing backends wake the worker through its latch, found in a small
+ * piece of shared memory (see cohortsync_wake_delivery below).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "executor/spi.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "clevertap_http.h"
+#include "delivery.h"
+#include "guc_common.h"
+#include "outbox.h"
+
+PGDLLEXPORT void cs_delivery_main(Datum main_arg);
+PG_FUNCTION_INFO_V1(cohortsync_wake_delivery);
+
+/* GUCs */
+static int	cs_batch_size = 1000;
+static int	cs_max_inflight = 4;
+static int	cs_max_retry_age_s = 3 * 24 * 3600;
+static int	cs_poll_interval_ms = 5000;
+
+/* CleverTap's limits: records per request, concurrent requests per account */
+#define CT_MAX_BATCH 1000
+#define CT_MAX_CONCURRENT 15
+
+/* Errors of the same kind are logged at most this often. */
+#define LOG_INTERVAL_MS 60000
+
+/*-------------------------------------------------------------------------
+ * Shared memory: where committing backends find the worker.
+ *-------------------------------------------------------------------------
+ */
+typedef struct CsDeliveryShared
+{
+	int			worker_pgprocno;	/* INVALID_PGPROCNO when no worker runs */
+	bool		dropdb_requested;	/* DROP DATABASE of cohortsync.database waits */
+} CsDeliveryShared;
+
+static CsDeliveryShared *cs_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
+
+static void
+cs_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CsDeliveryShared)));
+}
+
+static void
+cs_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	cs_shared = ShmemInitStruct("cohortsync delivery", sizeof(CsDeliveryShared), &found);
+	if (!found)
+	{
+		cs_shared->worker_pgprocno = INVALID_PGPROCNO;
+		cs_shared->dropdb_requested = false;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Set the worker's latch. A stale number only costs someone a spurious wake-up. */
+static void
+wake_worker(void)
+{
+	int			procno;
+
+	if (cs_shared == NULL)
+		return;
+	procno = cs_shared->worker_pgprocno;
+	pg_read_barrier();
+	if (procno != INVALID_PGPROCNO)
+		SetLatch(&GetPGProcByNumber(procno)->procLatch);
+}
+
+/*-------------------------------------------------------------------------
+ * Commit-time wake-up. The outbox trigger calls cohortsync._wake_delivery()
+ * when it queued records; the worker's latch is set when (and only if) the
+ * transaction commits, so the worker never looks before the rows are visible.
+ *-------------------------------------------------------------------------
+ */
+static bool wake_at_commit = false;
+
+static void
+wake_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_at_commit)
+			{
+				wake_at_commit = false;
+				wake_worker();
+			}
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* prepared transactions are found by the poll */
+			wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+Datum
+cohortsync_wake_delivery(PG_FUNCTION_ARGS)
+{
+	static bool registered = false;
+
+	/* not preloaded: there is no worker to wake */
+	if (cs_shared == NULL)
+		PG_RETURN_VOID();
+	if (!registered)
+	{
+		RegisterXactCallback(wake_xact_callback, NULL);
+		registered = true;
+	}
+	wake_at_commit = true;
+	PG_RETURN_VOID();
+}
+
+/*-------------------------------------------------------------------------
+ * DROP DATABASE of cohortsync.database: a connected worker would make it wait
+ * five seconds and fail. Every backend sees the statement first (the library
+ * is preloaded), asks the worker to leave, and the worker exits at once; the
+ * postmaster starts it again bgw_restart_time later.
+ *-------------------------------------------------------------------------
+ */
+static void
+cs_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				   ProcessUtilityContext context, ParamListInfo params,
+				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (cs_shared != NULL && IsA(parsetree, DropdbStmt) && cs_database != NULL &&
+		strcmp(((DropdbStmt *) parsetree)->dbname, cs_database) == 0)
+	{
+		cs_shared->dropdb_requested = true;
+		pg_write_barrier();
+		wake_worker();
+		/* give it a moment to go before dropdb counts the database's users */
+		for (int i = 0; i < 50 && cs_shared->worker_pgprocno != INVALID_PGPROCNO; i++)
+			pg_usleep(20 * 1000L);
+	}
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context, params,
+								  queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+}
+
+/*-------------------------------------------------------------------------
+ * Registration.
+ *-------------------------------------------------------------------------
+ */
+void
+cs_delivery_init(void)
+{
+	BackgroundWorker worker;
+
+	cs_define_common_gucs();
+
+	DefineCustomIntVariable("cohortsync.batch_size",
+							"Records per CleverTap upload request.",
+							"CleverTap accepts at most 1000.",
+							&cs_batch_size, 1000, 1, CT_MAX_BATCH,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cohortsync.max_inflight",
+							"Upload requests in flight per destination.",
+							"CleverTap allows at most 15 concurrent requests per account.",
+							&cs_max_inflight, 4, 1, CT_MAX_CONCURRENT,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cohortsync.max_retry_age",
+							"How long a record is retried before it is moved to failed_records.",
+							NULL,
+							&cs_max_retry_age_s, 3 * 24 * 3600, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("cohortsync.connect_timeout",
+							"Timeout for connecting to CleverTap.",
+							NULL,
+							&cs_connect_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("cohortsync.request_timeout",
+							"Timeout for a whole upload request, connecting included.",
+							NULL,
+							&cs_request_timeout_ms, 60000, 100, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("cohortsync.ca_file",
+							   "File of CA certificates to verify CleverTap's with (empty: the system's).",
+							   NULL,
+							   &cs_ca_file, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cohortsync.poll_interval",
+							"How often the delivery worker looks for records without being woken.",
+							"Commits wake it at once; this is a safety net.",
+							&cs_poll_interval_ms, 5000, 100, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = cs_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = cs_shmem_startup;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = cs_process_utility;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	/* never on a standby: it starts when recovery has finished (promotion) */
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "cohortsync");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_delivery_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "cohortsync delivery");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "cohortsync delivery");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*-------------------------------------------------------------------------
+ * The worker.
+ *-------------------------------------------------------------------------
+ */
+
+/*
+ * One claim of records for one destination, sent as one request, or, after a
+ * 400, as consecutive pieces: ranges [lo, hi) of the claim, one at a time, so
+ * that the records of an identity still go out in order.
+ */
+typedef struct CsRequest
+{
+	MemoryContext cxt;
+	char	   *destination;
+	char	   *base_url;
+	char	   *account_id;
+	char	   *passcode;
+	CsClaim		claim;
+	int			lo;				/* the piece in flight */
+	int			hi;
+	int			npending;		/* pieces still to send, a stack: top is next */
+	int		   *pending_lo;
+	int		   *pending_hi;
+	StringInfoData body;
+	CsHttpCall	call;
+} CsRequest;
+
+static MemoryContext worker_cxt;	/* the worker's long-lived data */
+static MemoryContext loop_cxt;		/* reset on every turn of the loop */
+static List *requests = NIL;		/* CsRequest *, in flight */
+static int	known_destinations = 0; /* active destinations at the last claim */
+static bool leases_released = false;
+static bool extension_missing_logged = false;
+static TimestampTz last_error_log = 0;
+
+static int
+lease_ms(void)
+{
+	/* a request cannot outlive its timeout; the margin covers the outcome */
+	return cs_request_timeout_ms + cs_connect_timeout_ms + 60000;
+}
+
+static void
+unpublish_worker(int code, Datum arg)
+{
+	if (cs_shared != NULL)
+		cs_shared->worker_pgprocno = INVALID_PGPROCNO;
+}
+
+/* Log a caught error, at most once a minute. */
+static void
+log_caught_error(const char *doing, ErrorData *edata)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (last_error_log != 0 && !TimestampDifferenceExceeds(last_error_log, now, LOG_INTERVAL_MS))
+		return;
+	last_error_log = now;
+	ereport(LOG,
+			(errmsg("cohortsync delivery: error while %s: %s", doing, edata->message),
+			 errhint("The worker carries on; records stay queued. Further errors are "
+					 "logged at most once a minute.")));
+}
+
+/* Whether a retry is worth a log line: at most one a minute. */
+static bool
+retry_log_due(void)
+{
+	static TimestampTz last_retry_log = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (last_retry_log != 0 && !TimestampDifferenceExceeds(last_retry_log, now, LOG_INTERVAL_MS))
+		return false;
+	last_retry_log = now;
+	return true;
+}
+
+static void
+start_transaction(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "cohortsync: SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+finish_transaction(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Abort after a caught error; returns the error, copied into loop_cxt. */
+static ErrorData *
+recover_from_error(void)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(loop_cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(loop_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return edata;
+}
+
+static void
+free_request(CsRequest *req)
+{
+	if (req->call.easy != NULL)
+		cs_http_abandon(&req->call);
+	/* wipe the passcode before the memory goes back to the allocator */
+	if (req->passcode)
+		explicit_bzero(req->passcode, strlen(req->passcode));
+	requests = list_delete_ptr(requests, req);
+	MemoryContextDelete(req->cxt);
+}
+
+static CsRequest *
+new_request(CsDestination *dest)
+{
+	MemoryContext cxt = AllocSetContextCreate(worker_cxt, "cohortsync request",
+											  ALLOCSET_DEFAULT_SIZES);
+	CsRequest  *req = MemoryContextAllocZero(cxt, sizeof(CsRequest));
+
+	req->cxt = cxt;
+	req->destination = MemoryContextStrdup(cxt, dest->name);
+	req->base_url = MemoryContextStrdup(cxt, dest->base_url);
+	req->account_id = MemoryContextStrdup(cxt, dest->account_id);
+	req->passcode = MemoryContextStrdup(cxt, dest->passcode);
+	return req;
+}
+
+/* Send records [lo, hi) of the request's claim. */
+static void
+send_piece(CsRequest *req, int lo, int hi)
+{
+	MemoryContext old = MemoryContextSwitchTo(req->cxt);
+
+	req->lo = lo;
+	req->hi = hi;
+	if (req->body.data == NULL)
+		initStringInfo(&req->body);
+	else
+		resetStringInfo(&req->body);
+	appendStringInfoString(&req->body, "{\"d\":[");
+	for (int i = lo; i < hi; i++)
+	{
+		if (i > lo)
+			appendStringInfoChar(&req->body, ',');
+		appendStringInfoString(&req->body, req->claim.records[i]);
+	}
+	appendStringInfoString(&req->body, "]}");
+	if (req->call.response.data != NULL)
+	{
+		pfree(req->call.response.data);
+		req->call.response.data = NULL;
+	}
+	req->call.owner = req;
+	cs_http_start(&req->call, req->base_url, req->account_id, req->passcode, &req->body);
+	MemoryContextSwitchTo(old);
+}
+
+static int
+in_flight_for(const char *destination)
+{
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, requests)
+	{
+		CsRequest  *req = (CsRequest *) lfirst(lc);
+
+		if (strcmp(req->destination, destination) == 0)
+			n++;
+	}
+	return n;
+}
+
+/*
+ * Claim batches for every active destination with free slots, in one
+ * transaction, then start them. Returns how long (ms) the loop may sleep
+ * before it should claim again if nothing wakes it.
+ */
+static long
+claim_and_send(void)
+{
+	List	   *volatile claimed = NIL;
+	volatile bool installed = true;
+	volatile double next_due = -1;
+	ListCell   *lc;
+	long		sleep_ms;
+
+	/* a standby sends nothing (the worker only starts after recovery anyway) */
+	if (RecoveryInProgress())
+		return cs_poll_interval_ms;
+
+	/* every known destination is at its limit: nothing to do until one finishes */
+	if (known_destinations > 0 &&
+		list_length(requests) >= known_destinations * cs_max_inflight)
+		return cs_poll_interval_ms;
+
+	PG_TRY();
+	{
+		start_transaction("cohortsync: claiming records");
+		installed = cs_outbox_installed();
+		if (installed)
+		{
+			List	   *dests;
+
+			if (!leases_released)
+			{
+				int64		n = cs_outbox_release_leases();
+
+				if (n > 0)
+					ereport(LOG,
+							(errmsg("cohortsync delivery: released the leases of " INT64_FORMAT
+									" records left in flight by a previous worker", n)));
+				leases_released = true;
+			}
+			dests = cs_outbox_destinations(CurrentMemoryContext);
+			known_destinations = list_length(dests);
+			foreach(lc, dests)
+			{
+				CsDestination *dest = (CsDestination *) lfirst(lc);
+				int			free_slots = cs_max_inflight - in_flight_for(dest->name);
+
+				while (free_slots-- > 0)
+				{
+					CsRequest  *req = new_request(dest);
+					MemoryContext old = MemoryContextSwitchTo(loop_cxt);
+
+					/* the list outlives the transaction: not in SPI's memory */
+					claimed = lappend(claimed, req);
+					MemoryContextSwitchTo(old);
+					if (!cs_outbox_claim(dest->name, cs_batch_size, lease_ms(),
+										 req->cxt, &req->claim))
+					{
+						claimed = list_delete_last(claimed);
+						MemoryContextDelete(req->cxt);
+						break;
+					}
+				}
+			}
+			if (claimed == NIL)
+				next_due = cs_outbox_next_due();
+		}
+		finish_transaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata = recover_from_error();
+
+		log_caught_error("claiming records", edata);
+		foreach(lc, claimed)
+			MemoryContextDelete(((CsRequest *) lfirst(lc))->cxt);
+		return cs_poll_interval_ms;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(loop_cxt);
+
+	if (!installed)
+	{
+		/* wait quietly for CREATE EXTENSION */
+		if (!extension_missing_logged)
+			ereport(LOG,
+					(errmsg("cohortsync delivery: extension \"cohortsync\" is not installed in database \"%s\"; waiting",
+							cs_database)));
+		extension_missing_logged = true;
+		known_destinations = 0;
+		return cs_poll_interval_ms;
+	}
+	extension_missing_logged = false;
+
+	/* committed: the leases are ours; only now does anything leave */
+	foreach(lc, claimed)
+	{
+		CsRequest  *req = (CsRequest *) lfirst(lc);
+
+		req->pending_lo = MemoryContextAlloc(req->cxt, sizeof(int) * (req->claim.nrecords + 1));
+		req->pending_hi = MemoryContextAlloc(req->cxt, sizeof(int) * (req->claim.nrecords + 1));
+		MemoryContextSwitchTo(worker_cxt);
+		requests = lappend(requests, req);
+		MemoryContextSwitchTo(loop_cxt);
+		send_piece(req, 0, req->claim.nrecords);
+	}
+
+	sleep_ms = cs_poll_interval_ms;
+	if (next_due >= 0)
+		sleep_ms = Min(sleep_ms, (long) (next_due * 1000.0) + 1);
+	return sleep_ms;
+}
+
+/* The answer's body as text we may hand to SQL: valid in the database encoding. */
+static const char *
+usable_body(CsHttpCall *call)
+{
+	if (call->http_status == 0 || call->response.data == NULL)
+		return NULL;
+	if (!pg_verifymbstr(call->response.data, call->response.len, true))
+		return "(an answer that is not valid text)";
+	return call->response.data;
+}
+
+/* Record the outcome of the request's finished piece; send the next piece or free it. */
+static void
+settle(CsRequest *req)
+{
+	volatile CsOutcome outcome = CS_OUTCOME_RETRY;
+	int64	   *rest;
+	int			nrest = 0;
+
+	/* the records still to send after this piece, in order */
+	rest = MemoryContextAlloc(req->cxt, sizeof(int64) * (req->claim.nrecords + 1));
+	for (int p = req->npending - 1; p >= 0; p--)
+		for (int i = req->pending_lo[p]; i < req->pending_hi[p]; i++)
+			rest[nrest++] = req->claim.ids[i];
+
+	PG_TRY();
+	{
+		start_transaction("cohortsync: recording a delivery outcome");
+		outcome = cs_outbox_record_outcome(req->destination,
+										   req->claim.ids + req->lo, req->hi - req->lo,
+										   req->call.http_status, usable_body(&req->call),
+										   req->call.http_status == 0 ? req->call.errbuf : NULL,
+										   cs_max_retry_age_s, lease_ms(), rest, nrest);
+		finish_transaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata = recover_from_error();
+
+		/* the leases run out and the records go again: at least once */
+		log_caught_error("recording a delivery outcome", edata);
+		outcome = CS_OUTCOME_RETRY;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(loop_cxt);
+
+	if (outcome == CS_OUTCOME_RETRY && req->call.http_status != 401 &&
+		req->call.http_status != 403 && retry_log_due())
+		ereport(LOG,
+				(errmsg("cohortsync delivery: destination \"%s\": %s; the records will be retried",
+						req->destination,
+						req->call.http_status == 0 ? req->call.errbuf :
+						psprintf("HTTP %ld", req->call.http_status)),
+				 errhint("Further retries are logged at most once a minute; "
+						 "see cohortsync.destination_status.")));
+	if (req->call.http_status == 401 || req->call.http_status == 403)
+		ereport(LOG,
+				(errmsg("cohortsync delivery: CleverTap refused the credentials of destination \"%s\" (HTTP %ld); it is paused",
+						req->destination, req->call.http_status),
+				 errhint("Check its account id, passcode and region, then call cohortsync.resume_destination().")));
+
+	switch (outcome)
+	{
+		case CS_OUTCOME_SPLIT:
+			{
+				int			mid = req->lo + (req->hi - req->lo) / 2;
+
+				req->pending_lo[req->npending] = mid;
+				req->pending_hi[req->npending] = req->hi;
+				req->npending++;
+				send_piece(req, req->lo, mid);
+				return;
+			}
+		case CS_OUTCOME_DONE:
+			if (req->npending > 0)
+			{
+				req->npending--;
+				send_piece(req, req->pending_lo[req->npending], req->pending_hi[req->npending]);
+				return;
+			}
+			break;
+		case CS_OUTCOME_RETRY:
+			break;
+	}
+	free_request(req);
+}
+
+void
+cs_delivery_main(Datum main_arg)
+{
+	TimestampTz next_claim = 0;
+	bool		woken = true;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+
+	if (cs_shared != NULL)
+	{
+		cs_shared->dropdb_requested = false;
+		pg_write_barrier();
+		cs_shared->worker_pgprocno = MyProc->pgprocno;
+		before_shmem_exit(unpublish_worker, (Datum) 0);
+	}
+
+	BackgroundWorkerInitializeConnection(cs_database, NULL, 0);
+	pgstat_report_appname("cohortsync delivery");
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	worker_cxt = AllocSetContextCreate(TopMemoryContext, "cohortsync delivery",
+									   ALLOCSET_DEFAULT_SIZES);
+	loop_cxt = AllocSetContextCreate(worker_cxt, "cohortsync delivery loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	cs_http_init();
+
+	ereport(LOG, (errmsg("cohortsync delivery worker started in database \"%s\"", cs_database)));
+
+	for (;;)
+	{
+		bool		settled_any = false;
+		CsHttpCall *call;
+		TimestampTz now;
+		long		timeout_ms;
+
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
+		CHECK_FOR_INTERRUPTS();
+
+		if (ShutdownRequestPending)
+			break;
+		if (cs_shared != NULL && cs_shared->dropdb_requested)
+		{
+			ereport(LOG,
+					(errmsg("cohortsync delivery worker leaving database \"%s\" for DROP DATABASE",
+							cs_database)));
+			proc_exit(1);		/* restarted after bgw_restart_time */
+		}
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		while ((call = cs_http_next_finished()) != NULL)
+		{
+			settle((CsRequest *) call->owner);
+			settled_any = true;
+		}
+
+		now = GetCurrentTimestamp();
+		if (woken || settled_any || now >= next_claim)
+		{
+			long		sleep_ms = claim_and_send();
+
+			next_claim = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sleep_ms);
+		}
+
+		now = GetCurrentTimestamp();
+		timeout_ms = next_claim > now ? (long) ((next_claim - now + 999) / 1000) : 0;
+		woken = cs_http_wait(timeout_ms, PG_WAIT_EXTENSION);
+	}
+
+	/* SIGTERM: abandon what is in flight; the leases are released by the next worker */
+	while (requests != NIL)
+		free_request((CsRequest *) linitial(requests));
+	ereport(LOG, (errmsg("cohortsync delivery worker shutting down")));
+	/* exit 1, not 0: a worker terminated on its own (DROP DATABASE ... FORCE) is restarted */
+	proc_exit(1);
+}

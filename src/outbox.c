@@ -1,0 +1,183 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *	  The delivery worker's SQL: claim records, record outcomes.
+ *
+ * The statements themselves live in the extension's SQL script
+ * (cohortsync._claim, cohortsync._record_outcome, ...): there they are
+ * covered by pgTAP, and after DROP EXTENSION a call fails as one ordinary
+ * "function does not exist" error that the worker catches. This file only
+ * binds parameters and copies results out of SPI's memory.
+ *
+ * Nothing is prepared and kept: the worker runs a handful of statements per
+ * request, and unprepared statements cannot go stale when the extension is
+ * dropped and created again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+
+#include "outbox.h"
+
+bool
+cs_outbox_installed(void)
+{
+	/* a syscache lookup: cheap enough for every turn of the loop */
+	return OidIsValid(get_extension_oid("cohortsync", true));
+}
+
+int64
+cs_outbox_release_leases(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute("SELECT cohortsync._release_leases()", false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "cohortsync: could not release leases");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+static char *
+copy_value(MemoryContext cxt, HeapTuple tuple, TupleDesc desc, int col)
+{
+	char	   *v = SPI_getvalue(tuple, desc, col);
+
+	return v ? MemoryContextStrdup(cxt, v) : NULL;
+}
+
+List *
+cs_outbox_destinations(MemoryContext cxt)
+{
+	List	   *result = NIL;
+
+	if (SPI_execute("SELECT d.name, cohortsync._clevertap_base_url(d.region, d.api_url),"
+					"       d.account_id, s.passcode"
+					"  FROM cohortsync.destinations d"
+					"  JOIN cohortsync.destination_secrets s ON s.name = d.name"
+					" WHERE d.state = 'active'"
+					" ORDER BY d.name", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "cohortsync: could not read destinations");
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		CsDestination *d = MemoryContextAllocZero(cxt, sizeof(CsDestination));
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		d->name = copy_value(cxt, t, desc, 1);
+		d->base_url = copy_value(cxt, t, desc, 2);
+		d->account_id = copy_value(cxt, t, desc, 3);
+		d->passcode = copy_value(cxt, t, desc, 4);
+		result = lappend(result, d);
+		MemoryContextSwitchTo(old);
+	}
+	return result;
+}
+
+bool
+cs_outbox_claim(const char *destination, int limit, int lease_ms,
+				MemoryContext cxt, CsClaim *claim)
+{
+	Oid			argtypes[3] = {TEXTOID, INT4OID, INTERVALOID};
+	Datum		values[3];
+	char	   *lease = psprintf("%d milliseconds", lease_ms);
+
+	values[0] = CStringGetTextDatum(destination);
+	values[1] = Int32GetDatum(limit);
+	values[2] = DirectFunctionCall3(interval_in, CStringGetDatum(lease),
+									ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	if (SPI_execute_with_args("SELECT id, record FROM cohortsync._claim($1, $2, $3)",
+							  3, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "cohortsync: could not claim records");
+
+	claim->nrecords = (int) SPI_processed;
+	if (claim->nrecords == 0)
+		return false;
+	claim->ids = MemoryContextAlloc(cxt, sizeof(int64) * claim->nrecords);
+	claim->records = MemoryContextAlloc(cxt, sizeof(char *) * claim->nrecords);
+	for (int i = 0; i < claim->nrecords; i++)
+	{
+		bool		isnull;
+		HeapTuple	t = SPI_tuptable->vals[i];
+
+		claim->ids[i] = DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
+		claim->records[i] = copy_value(cxt, t, SPI_tuptable->tupdesc, 2);
+	}
+	return true;
+}
+
+double
+cs_outbox_next_due(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute("SELECT cohortsync._next_due()", true, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "cohortsync: could not read the next retry time");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? -1 : DatumGetFloat8(d);
+}
+
+static Datum
+int8_array(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static Datum
+interval_datum(const char *fmt, int n)
+{
+	char	   *s = psprintf(fmt, n);
+
+	return DirectFunctionCall3(interval_in, CStringGetDatum(s),
+							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+}
+
+CsOutcome
+cs_outbox_record_outcome(const char *destination, const int64 *ids, int nids,
+						 long http_status, const char *body, const char *error,
+						 int retry_age_s, int lease_ms, const int64 *rest, int nrest)
+{
+	Oid			argtypes[8] = {TEXTOID, INT8ARRAYOID, INT4OID, TEXTOID, TEXTOID,
+	INTERVALOID, INTERVALOID, INT8ARRAYOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	char	   *result;
+
+	values[0] = CStringGetTextDatum(destination);
+	values[1] = int8_array(ids, nids);
+	values[2] = Int32GetDatum((int32) http_status);
+	values[3] = body ? CStringGetTextDatum(body) : (Datum) 0;
+	nulls[3] = body ? ' ' : 'n';
+	values[4] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	nulls[4] = error ? ' ' : 'n';
+	values[5] = interval_datum("%d seconds", retry_age_s);
+	values[6] = interval_datum("%d milliseconds", lease_ms);
+	values[7] = int8_array(rest, nrest);
+
+	if (SPI_execute_with_args("SELECT cohortsync._record_outcome($1, $2, $3, $4, $5, $6, $7, $8)",
+							  8, argtypes, values, nulls, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "cohortsync: could not record a delivery outcome");
+	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (result && strcmp(result, "split") == 0)
+		return CS_OUTCOME_SPLIT;
+	if (result && strcmp(result, "retry") == 0)
+		return CS_OUTCOME_RETRY;
+	return CS_OUTCOME_DONE;
+}

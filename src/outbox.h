@@ -1,0 +1,51 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.h
+ *	  The delivery worker's SQL: claim records, record outcomes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef COHORTSYNC_OUTBOX_H
+#define COHORTSYNC_OUTBOX_H
+
+/* A destination the worker may send to now (state 'active'). */
+typedef struct CsDestination
+{
+	char	   *name;
+	char	   *base_url;		/* https://<host>, or api_url */
+	char	   *account_id;
+	char	   *passcode;
+} CsDestination;
+
+/* Records claimed for one request, in id order. */
+typedef struct CsClaim
+{
+	int			nrecords;
+	int64	   *ids;
+	char	  **records;		/* each record's JSON text */
+} CsClaim;
+
+typedef enum CsOutcome
+{
+	CS_OUTCOME_DONE,			/* settled; send the rest of the claim, if any */
+	CS_OUTCOME_SPLIT,			/* HTTP 400 on several records: send them in halves */
+	CS_OUTCOME_RETRY			/* everything left waits (backoff, or paused) */
+} CsOutcome;
+
+/*
+ * All of these run inside the caller's transaction, with SPI connected and a
+ * snapshot pushed, and raise ERROR on trouble (e.g. the extension was dropped).
+ */
+extern bool cs_outbox_installed(void);
+extern int64 cs_outbox_release_leases(void);
+extern List *cs_outbox_destinations(MemoryContext cxt);
+extern bool cs_outbox_claim(const char *destination, int limit, int lease_ms,
+							MemoryContext cxt, CsClaim *claim);
+extern double cs_outbox_next_due(void);
+extern CsOutcome cs_outbox_record_outcome(const char *destination,
+										  const int64 *ids, int nids,
+										  long http_status, const char *body,
+										  const char *error, int retry_age_s, int lease_ms,
+										  const int64 *rest, int nrest);
+
+#endif							/* COHORTSYNC_OUTBOX_H */

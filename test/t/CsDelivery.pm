@@ -1,0 +1,162 @@
+# Helpers for the delivery TAP tests: the CleverTap stand-in, a node with the
+# extension and a destination, webhook pages, and waiting.
+package CsDelivery;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use HTTP::Tiny;
+use IPC::Run;
+use JSON::PP;
+use Time::HiRes qw(usleep time);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(start_standin standin_get standin_post new_delivery_node page_sql
+  wait_until outbox_empty delivered_records canonical);
+
+my $json = JSON::PP->new->canonical(1);
+my $http = HTTP::Tiny->new(timeout => 10, verify_SSL => 0);
+
+# Start the stand-in on a free port; returns { port, handle }.
+sub start_standin
+{
+	my (%opt) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $port_file = "$dir/port";
+	my @cmd = ('python3', $ENV{CS_STANDIN}, '--port', '0', '--port-file', $port_file,
+		'--account', $opt{account} // 'ACC', '--passcode', $opt{passcode} // 'PASS',
+		@{ $opt{args} // [] });
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
+	for (1 .. 100)
+	{
+		last if -s $port_file;
+		usleep(100_000);
+	}
+	die "stand-in did not start: $err" unless -s $port_file;
+	my $port = PostgreSQL::Test::Utils::slurp_file($port_file);
+	chomp $port;
+	my $scheme = $opt{args} && grep({ $_ eq '--tls-cert' } @{ $opt{args} }) ? 'https' : 'http';
+	return { port => $port, handle => $h, url => "$scheme://127.0.0.1:$port" };
+}
+
+# HTTP::Tiny needs IO::Socket::SSL for https, which may be missing: use curl there.
+sub curl_json
+{
+	my ($method, $url, $body) = @_;
+	my @cmd = ('curl', '-sk', '-X', $method, $url);
+	push @cmd, '-H', 'Content-Type: application/json', '--data', encode_json($body) if $body;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err) or die "curl $url: $err";
+	return decode_json($out);
+}
+
+sub standin_get
+{
+	my ($s, $path) = @_;
+	return curl_json('GET', "$s->{url}$path") if $s->{url} =~ /^https/;
+	my $r = $http->get("$s->{url}$path");
+	die "GET $path: $r->{status}" unless $r->{success};
+	return decode_json($r->{content});
+}
+
+sub standin_post
+{
+	my ($s, $path, $body) = @_;
+	return curl_json('POST', "$s->{url}$path", $body // {}) if $s->{url} =~ /^https/;
+	my $r = $http->post("$s->{url}$path",
+		{ content => encode_json($body // {}), headers => { 'Content-Type' => 'application/json' } });
+	die "POST $path: $r->{status} $r->{content}" unless $r->{success};
+	return decode_json($r->{content});
+}
+
+# A primary with the library preloaded, the extension in database "postgres",
+# a destination "ct" pointing at the stand-in, and a page helper.
+sub new_delivery_node
+{
+	my ($name, $standin, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opt{init} // {} });
+	$node->append_conf('postgresql.conf', join("\n",
+		"shared_preload_libraries = 'cohortsync'",
+		"cohortsync.poll_interval = '500ms'",
+		"cohortsync.request_timeout = '20s'",
+		"cohortsync.connect_timeout = '2s'",
+		@{ $opt{conf} // [] }) . "\n");
+	$node->start;
+	my $db = $opt{dbname} // 'postgres';
+	$node->safe_psql('postgres', "CREATE DATABASE $db") if $db ne 'postgres';
+	$node->safe_psql($db, "CREATE EXTENSION cohortsync");
+	$node->safe_psql($db, page_sql());
+	$node->safe_psql($db,
+		"SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', '$standin->{url}')")
+	  if $standin;
+	return $node;
+}
+
+# public.page(action, session, ids, cohort, name): one webhook page; members
+# have $CleverTap_user_id 'ct-<id>' unless the id starts with "nocid".
+sub page_sql
+{
+	return q{
+CREATE FUNCTION public.page(action text, session text, ids text[],
+                            cohort text DEFAULT '4242', cohort_name text DEFAULT 'Power users')
+RETURNS jsonb LANGUAGE sql AS $$
+  SELECT cohortsync.ingest(jsonb_build_object(
+    'action', action,
+    'parameters', jsonb_build_object(
+      'mixpanel_project_id', 1001, 'mixpanel_cohort_id', cohort,
+      'mixpanel_cohort_name', cohort_name, 'mixpanel_session_id', session,
+      'page_info', jsonb_build_object('total_pages', 1, 'page_count', 1),
+      'members', coalesce((SELECT jsonb_agg(
+          jsonb_build_object('mixpanel_distinct_id', id, 'email', lower(id) || '@example.com',
+                             'first_name', id, 'last_name', 'Doe',
+                             'phone_number', '+1 555 010 00' || ascii(id) % 10)
+          || CASE WHEN id LIKE 'nocid%' THEN '{}'::jsonb
+                  ELSE jsonb_build_object('$CleverTap_user_id', 'ct-' || id) END
+          ORDER BY id) FROM unnest(ids) id), '[]'))))
+$$;
+};
+}
+
+# Poll a Perl condition every 100 ms for up to $secs seconds.
+sub wait_until
+{
+	my ($secs, $cond) = @_;
+	my $end = time() + $secs;
+	while (time() < $end)
+	{
+		return 1 if $cond->();
+		usleep(100_000);
+	}
+	return $cond->() ? 1 : 0;
+}
+
+sub outbox_empty
+{
+	my ($node, $secs, $db) = @_;
+	return wait_until($secs // 60, sub {
+		$node->safe_psql($db // 'postgres', "SELECT count(*) FROM cohortsync.outbox") eq '0'
+	});
+}
+
+# The stand-in's stored records, without its bookkeeping fields.
+sub delivered_records
+{
+	my ($s) = @_;
+	my $recs = standin_get($s, '/_records')->{records};
+	return $recs;
+}
+
+sub canonical
+{
+	my ($rec) = @_;
+	my %r = %$rec;
+	delete @r{qw(_seq _at _account)};
+	return $json->encode(\%r);
+}
+
+1;
