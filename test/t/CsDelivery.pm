@@ -20,6 +20,17 @@ our @EXPORT = qw(start_standin standin_get standin_post new_delivery_node page_s
 my $json = JSON::PP->new->canonical(1);
 my $http = HTTP::Tiny->new(timeout => 10, verify_SSL => 0);
 
+# Every stand-in started here, stopped when the test script exits however it exits:
+# IPC::Run leaves its children running otherwise, and a stray stand-in would hold the
+# test runner's output pipe open.
+my @standins;
+
+END
+{
+	local $?;    # keep the test script's exit status
+	$_->kill_kill(grace => 2) for grep { $_->pumpable } @standins;
+}
+
 # Start the stand-in on a free port; returns { port, handle }.
 sub start_standin
 {
@@ -31,6 +42,7 @@ sub start_standin
 		@{ $opt{args} // [] });
 	my ($out, $err) = ('', '');
 	my $h = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
+	push @standins, $h;
 	for (1 .. 100)
 	{
 		last if -s $port_file;
