@@ -40,11 +40,32 @@ CREATE TABLE cohortsync.members (
     properties   jsonb       NOT NULL,      -- the member object exactly as sent
     joined_at    timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (project_id, cohort_id, distinct_id),
-    FOREIGN KEY (project_id, cohort_id) REFERENCES cohortsync.cohorts ON DELETE CASCADE
+    -- No foreign key to cohorts: its per-row check doubled the cost of inserting
+    -- members (a full sync inserts millions), and ingest creates the cohort's row
+    -- first, in the same transaction. Deleting a cohort still removes its members:
+    -- see cohorts_delete_members below.
+    PRIMARY KEY (project_id, cohort_id, distinct_id)
 );
 COMMENT ON TABLE cohortsync.members IS
     'Current members of every cohort; properties holds every field Mixpanel sent for the member.';
+
+CREATE FUNCTION cohortsync._delete_cohort_members()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.members m USING old_cohorts o
+     WHERE m.project_id = o.project_id AND m.cohort_id = o.cohort_id;
+    DELETE FROM cohortsync.staged_members s USING old_cohorts o
+     WHERE s.project_id = o.project_id AND s.cohort_id = o.cohort_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER cohorts_delete_members
+    AFTER DELETE ON cohortsync.cohorts
+    REFERENCING OLD TABLE AS old_cohorts
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._delete_cohort_members();
+REVOKE ALL ON FUNCTION cohortsync._delete_cohort_members() FROM PUBLIC;
 
 -------------------------------------------------------------------------------
 -- History: one row per real change, never for a no-op.

@@ -2,7 +2,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(27);
+SELECT plan(28);
 
 -- A three-page session delivered out of order, with page 2 twice.
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's1', ARRAY['g', 'h', 'i'], 3, 3)), 'success', 'page 3 of 3 first');
@@ -49,6 +49,13 @@ SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's3', ARRAY['r'], 2, 2)),
 SELECT is(pg_temp.members_of('c1'), ARRAY['a'], 'the superseded session never applies');
 SELECT results_eq($$SELECT session_id COLLATE "default", state FROM cohortsync.sync_sessions WHERE session_id IN ('s3', 's4') ORDER BY 1$$,
                   $$VALUES ('s3', 'superseded'), ('s4', 'completed')$$, 'session states');
+
+-- Deleting a cohort removes its members and staged rows (the cascade, set-based).
+SELECT pg_temp.ingest(pg_temp.page('members', 'c1', 's5', ARRAY['p'], 1, 2));
+DELETE FROM cohortsync.cohorts WHERE cohort_id = 'c1';
+SELECT is((SELECT count(*) FROM cohortsync.members WHERE cohort_id = 'c1')
+          + (SELECT count(*) FROM cohortsync.staged_members WHERE cohort_id = 'c1'), 0::bigint,
+          'deleting a cohort deletes its members and staged rows');
 
 SELECT * FROM finish();
 ROLLBACK;
