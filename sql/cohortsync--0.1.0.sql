@@ -699,10 +699,15 @@ AS $$
                                         -- (which would wade through other destinations' rows)
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED),
+    -- The picked ids as an array, not a join: with the outbox's statistics saying it
+    -- is empty (autovacuum analyzed it right after a drain), a join back to the
+    -- outbox could be planned as a loop over the whole queue per claimed row
+    -- (measured: 28.7 s for one claim of 1000 on a 100,000-record queue). An
+    -- array is one primary-key probe per id, whatever the statistics say.
     leased AS (
         UPDATE cohortsync.outbox o
            SET lease_until = now() + p_lease, leased_by = pg_backend_pid()
-          FROM picked WHERE o.id = picked.id
+         WHERE o.id = ANY (ARRAY(SELECT picked.id FROM picked))
         RETURNING o.id, o.record::text AS record)
     SELECT leased.id, leased.record FROM leased ORDER BY leased.id
 $$;
@@ -732,6 +737,10 @@ CREATE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p
                                            p_lease interval, p_rest bigint[] DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
+-- Every statement below reaches outbox rows by id = ANY (...). With stale statistics
+-- (an outbox analyzed while empty) a sequential scan of the whole queue looked
+-- cheapest: 200 ms per request on a 20,000-record queue. The primary key always wins.
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_body      jsonb;
