@@ -512,6 +512,52 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'cohortsync_wake_delivery'
 LANGUAGE C VOLATILE;
 
+-- The rules both queuing triggers apply, in one place. Plain SQL functions without
+-- SET clauses, so the planner inlines them into the set-based INSERTs: no call per row.
+
+-- CleverTap identity: the destination's identity property (default $CleverTap_user_id),
+-- else mixpanel_distinct_id, else the stored distinct_id.
+CREATE FUNCTION cohortsync._clevertap_identity(properties jsonb, identity_property text,
+                                               distinct_id text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(nullif(properties ->> identity_property, ''),
+                    nullif(properties ->> 'mixpanel_distinct_id', ''),
+                    distinct_id)
+$$;
+
+-- A phone with spaces, dashes, dots and brackets removed (NULL when nothing is left).
+CREATE FUNCTION cohortsync._normalize_phone(phone text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT nullif(pg_catalog.regexp_replace(phone, '[[:space:]().\[\]-]', '', 'g'), '')
+$$;
+
+-- Whether a normalised phone is E.164, the only form CleverTap accepts (else 516).
+CREATE FUNCTION cohortsync._is_e164(phone text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(phone ~ '^\+[1-9][0-9]{6,14}$', false)
+$$;
+
+-- The profile's Email, Phone and Name; empty values are left out. phone is sent as
+-- given: pass NULL for one that is not E.164.
+CREATE FUNCTION cohortsync._profile_fields(email text, phone text, first_name text,
+                                           last_name text)
+RETURNS jsonb LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'Email', nullif(email, ''),
+               'Phone', phone,
+               'Name', nullif(pg_catalog.concat_ws(' ', nullif(first_name, ''),
+                                                        nullif(last_name, '')), '')))
+$$;
+
+REVOKE ALL ON FUNCTION cohortsync._clevertap_identity(jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._normalize_phone(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._is_e164(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._profile_fields(text, text, text, text) FROM PUBLIC;
+
 CREATE FUNCTION cohortsync._queue_changes()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -542,11 +588,9 @@ BEGIN
                                  jsonb_build_object(CASE WHEN m.added THEN '$add' ELSE '$remove' END,
                                                     jsonb_build_array(m.cohort_name)))
                    END
-                   || CASE WHEN m.added THEN jsonb_strip_nulls(jsonb_build_object(
-                             'Email', nullif(c.properties ->> 'email', ''),
-                             'Phone', CASE WHEN m.phone_ok THEN m.phone END,
-                             'Name', nullif(concat_ws(' ', nullif(c.properties ->> 'first_name', ''),
-                                                           nullif(c.properties ->> 'last_name', '')), '')))
+                   || CASE WHEN m.added THEN cohortsync._profile_fields(
+                             c.properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
+                             c.properties ->> 'first_name', c.properties ->> 'last_name')
                            ELSE '{}'::jsonb
                       END AS profile_data,
                    m.added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
@@ -555,15 +599,13 @@ BEGIN
                      ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
              CROSS JOIN cohortsync.destinations d
              CROSS JOIN LATERAL (
-                SELECT y.*, coalesce(y.phone ~ '^\+[1-9][0-9]{6,14}$', false) AS phone_ok
-                  FROM (SELECT coalesce(nullif(c.properties ->> d.identity_property, ''),
-                                        nullif(c.properties ->> 'mixpanel_distinct_id', ''),
-                                        c.distinct_id) AS identity,
+                SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                  FROM (SELECT cohortsync._clevertap_identity(c.properties, d.identity_property,
+                                                              c.distinct_id) AS identity,
                                floor(extract(epoch FROM c.changed_at))::bigint AS ts,
                                coalesce(co.name, c.cohort_id) AS cohort_name,
                                c.change = 'added' AS added,
-                               nullif(regexp_replace(c.properties ->> 'phone_number',
-                                                     '[[:space:]().\[\]-]', '', 'g'), '') AS phone
+                               cohortsync._normalize_phone(c.properties ->> 'phone_number') AS phone
                         OFFSET 0) y
                 OFFSET 0) m
             OFFSET 0) x
@@ -611,18 +653,13 @@ BEGIN
        AND om.distinct_id = nm.distinct_id
      CROSS JOIN cohortsync.destinations d
      CROSS JOIN LATERAL (
-        SELECT coalesce(nullif(nm.properties ->> d.identity_property, ''),
-                        nullif(nm.properties ->> 'mixpanel_distinct_id', ''),
-                        nm.distinct_id) AS identity,
-               nullif(regexp_replace(nm.phone, '[[:space:]().\[\]-]', '', 'g'), '') AS phone) m
+        SELECT cohortsync._clevertap_identity(nm.properties, d.identity_property,
+                                              nm.distinct_id) AS identity,
+               cohortsync._normalize_phone(nm.phone) AS phone) m
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
      CROSS JOIN LATERAL (
-        SELECT coalesce(m.phone ~ '^\+[1-9][0-9]{6,14}$', false) AS phone_ok) p
-     CROSS JOIN LATERAL (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-                   'Email', nullif(nm.email, ''),
-                   'Phone', CASE WHEN p.phone_ok THEN m.phone END,
-                   'Name', nullif(concat_ws(' ', nullif(nm.first_name, ''),
-                                                 nullif(nm.last_name, '')), ''))) AS profile_data) pd
+        SELECT cohortsync._profile_fields(nm.email, CASE WHEN p.phone_ok THEN m.phone END,
+                                          nm.first_name, nm.last_name) AS profile_data) pd
      WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
            IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
        AND pd.profile_data <> '{}'::jsonb;
