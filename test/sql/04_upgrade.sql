@@ -1,0 +1,23 @@
+-- Upgrading from the released 0.1.0 keeps every row, and ends at the version a
+-- fresh install has.
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS cohortsync CASCADE;
+CREATE EXTENSION cohortsync VERSION '0.1.0';
+SELECT extversion FROM pg_extension WHERE extname = 'cohortsync';
+
+SELECT cohortsync.ingest('{"action": "members",
+  "parameters": {"mixpanel_project_id": "1001", "mixpanel_cohort_id": "u1",
+                 "mixpanel_cohort_name": "Upgraded", "mixpanel_session_id": "s1",
+                 "page_info": {"page_count": 1, "total_pages": 1},
+                 "members": [{"mixpanel_distinct_id": "a", "email": "a@example.com"},
+                             {"mixpanel_distinct_id": "b"}]}}');
+
+ALTER EXTENSION cohortsync UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'cohortsync';
+SELECT cohort_id, distinct_id, properties FROM cohortsync.members ORDER BY distinct_id;
+SELECT distinct_id, change FROM cohortsync.membership_changes ORDER BY id;
+
+-- the chain of scripts reaches every released version
+SELECT target FROM pg_extension_update_paths('cohortsync')
+ WHERE source = '0.1.0' AND path IS NOT NULL ORDER BY target;
+DROP EXTENSION cohortsync CASCADE;
