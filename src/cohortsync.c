@@ -17,6 +17,7 @@
 #include "delivery.h"
 #include "guc_common.h"
 #include "http_listener.h"
+#include "worker_db.h"
 
 PG_MODULE_MAGIC;
 
@@ -27,6 +28,7 @@ _PG_init(void)
 {
 	/* each part's init function goes here, before the prefix is reserved */
 	cs_define_common_gucs();
+	cs_worker_db_init();
 	cs_delivery_init();
 	cs_http_listener_init();
 

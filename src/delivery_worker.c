@@ -31,7 +31,6 @@
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "nodes/parsenodes.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -41,7 +40,6 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "executor/spi.h"
-#include "tcop/utility.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -51,6 +49,7 @@
 #include "delivery.h"
 #include "guc_common.h"
 #include "outbox.h"
+#include "worker_db.h"
 
 PGDLLEXPORT void cs_delivery_main(Datum main_arg);
 PG_FUNCTION_INFO_V1(cohortsync_wake_delivery);
@@ -75,14 +74,12 @@ static int	cs_poll_interval_ms = 5000;
 typedef struct CsDeliveryShared
 {
 	int			worker_pgprocno;	/* INVALID_PGPROCNO when no worker runs */
-	bool		dropdb_requested;	/* DROP DATABASE of cohortsync.database waits */
 } CsDeliveryShared;
 
 static CsDeliveryShared *cs_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 static void
 cs_shmem_request(void)
@@ -103,10 +100,7 @@ cs_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	cs_shared = ShmemInitStruct("cohortsync delivery", sizeof(CsDeliveryShared), &found);
 	if (!found)
-	{
 		cs_shared->worker_pgprocno = INVALID_PGPROCNO;
-		cs_shared->dropdb_requested = false;
-	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -174,39 +168,6 @@ cohortsync_wake_delivery(PG_FUNCTION_ARGS)
 }
 
 /*-------------------------------------------------------------------------
- * DROP DATABASE of cohortsync.database: a connected worker would make it wait
- * five seconds and fail. Every backend sees the statement first (the library
- * is preloaded), asks the worker to leave, and the worker exits at once; the
- * postmaster starts it again bgw_restart_time later.
- *-------------------------------------------------------------------------
- */
-static void
-cs_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-				   ProcessUtilityContext context, ParamListInfo params,
-				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
-{
-	Node	   *parsetree = pstmt->utilityStmt;
-
-	if (cs_shared != NULL && IsA(parsetree, DropdbStmt) && cs_database != NULL &&
-		strcmp(((DropdbStmt *) parsetree)->dbname, cs_database) == 0)
-	{
-		cs_shared->dropdb_requested = true;
-		pg_write_barrier();
-		wake_worker();
-		/* give it a moment to go before dropdb counts the database's users */
-		for (int i = 0; i < 50 && cs_shared->worker_pgprocno != INVALID_PGPROCNO; i++)
-			pg_usleep(20 * 1000L);
-	}
-
-	if (prev_process_utility_hook)
-		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context, params,
-								  queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-								queryEnv, dest, qc);
-}
-
-/*-------------------------------------------------------------------------
  * Registration.
  *-------------------------------------------------------------------------
  */
@@ -260,8 +221,6 @@ cs_delivery_init(void)
 	shmem_request_hook = cs_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = cs_shmem_startup;
-	prev_process_utility_hook = ProcessUtility_hook;
-	ProcessUtility_hook = cs_process_utility;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -672,15 +631,13 @@ cs_delivery_main(Datum main_arg)
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
+	/* DROP DATABASE and a missing database: see worker_db.c */
+	cs_worker_connect(CS_WORKER_DELIVERY, "cohortsync delivery");
 	if (cs_shared != NULL)
 	{
-		cs_shared->dropdb_requested = false;
-		pg_write_barrier();
 		cs_shared->worker_pgprocno = MyProc->pgprocno;
 		before_shmem_exit(unpublish_worker, (Datum) 0);
 	}
-
-	BackgroundWorkerInitializeConnection(cs_database, NULL, 0);
 	pgstat_report_appname("cohortsync delivery");
 	pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -705,13 +662,9 @@ cs_delivery_main(Datum main_arg)
 
 		if (ShutdownRequestPending)
 			break;
-		if (cs_shared != NULL && cs_shared->dropdb_requested)
-		{
-			ereport(LOG,
-					(errmsg("cohortsync delivery worker leaving database \"%s\" for DROP DATABASE",
-							cs_database)));
-			proc_exit(1);		/* restarted after bgw_restart_time */
-		}
+		/* requests in flight are abandoned; the next worker sends them again */
+		if (cs_worker_leave_requested(CS_WORKER_DELIVERY))
+			cs_worker_leave(CS_WORKER_DELIVERY, "cohortsync delivery");
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;

@@ -42,6 +42,7 @@
 #include "guc_common.h"
 #include "http_common.h"
 #include "http_listener.h"
+#include "worker_db.h"
 
 #define CS_HTTP_WORKER_NAME "cohortsync http listener"
 
@@ -575,6 +576,19 @@ cs_http_listener_main(Datum main_arg)
 	{
 		long		timeout_ms = -1;
 
+		/*
+		 * DROP DATABASE of our database: go at once, whether listening or
+		 * not (a connected worker stays connected when http_listen is
+		 * emptied). A request is served inside MHD_run(), never across this
+		 * point, so no transaction is cut short; an answer not yet sent is
+		 * lost, and Mixpanel sends the page again.
+		 */
+		if (connected && cs_worker_leave_requested(CS_WORKER_LISTENER))
+		{
+			stop_daemon();
+			cs_worker_leave(CS_WORKER_LISTENER, CS_HTTP_WORKER_NAME);
+		}
+
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -603,8 +617,11 @@ cs_http_listener_main(Datum main_arg)
 
 			if (!connected)
 			{
-				/* once: a worker cannot switch databases */
-				BackgroundWorkerInitializeConnection(cs_database, NULL, 0);
+				/*
+				 * once: a worker cannot switch databases. While the database
+				 * does not exist this waits (and does not return): worker_db.c
+				 */
+				cs_worker_connect(CS_WORKER_LISTENER, CS_HTTP_WORKER_NAME);
 				SetConfigOption("application_name", CS_HTTP_WORKER_NAME,
 								PGC_USERSET, PGC_S_SESSION);
 				pgstat_report_activity(STATE_IDLE, NULL);

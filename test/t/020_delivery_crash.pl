@@ -4,6 +4,7 @@
 use strict;
 use warnings;
 
+use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -16,17 +17,6 @@ my $ct = start_standin();
 my $node = new_delivery_node('crash', $ct, conf => ['restart_after_crash = on']);
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
-
-# the worker's pid, or '' (also while the server restarts)
-sub worker_pid
-{
-	my ($ret, $out) = (1, '');
-	eval {
-		($ret, $out) = $node->psql('postgres',
-			"SELECT pid FROM pg_stat_activity WHERE backend_type = 'cohortsync delivery'");
-	};
-	return !$@ && $ret == 0 ? $out : '';
-}
 
 # every record of the given members' additions arrived at least once
 sub check_delivery
@@ -46,7 +36,7 @@ sub check_delivery
 #------------------------------------------------------------------------------
 # kill -9 of the worker while a batch hangs in flight
 #------------------------------------------------------------------------------
-ok(wait_until(10, sub { worker_pid() ne '' }), 'kill: the worker shows in pg_stat_activity');
+ok(wait_until(10, sub { worker_pid($node) ne '' }), 'kill: the worker shows in pg_stat_activity');
 is(sql("SELECT application_name FROM pg_stat_activity WHERE backend_type = 'cohortsync delivery'"),
 	'cohortsync delivery', 'kill: with its application_name');
 
@@ -56,9 +46,9 @@ sql("SELECT page('add_members', 'k', (SELECT array_agg('k' || g) FROM generate_s
 ok(wait_until(20, sub { standin_get($ct, '/_stats')->{in_flight} >= 1 }), 'kill: requests hang in flight');
 ok(wait_until(10, sub { sql("SELECT in_flight FROM cohortsync.destination_status") > 0 }),
 	'kill: the status view shows them in flight');
-my $pid = worker_pid();
+my $pid = worker_pid($node);
 kill 'KILL', $pid;
-ok(wait_until(30, sub { my $p = worker_pid(); $p ne '' && $p ne $pid }),
+ok(wait_until(30, sub { my $p = worker_pid($node); $p ne '' && $p ne $pid }),
 	'kill: the postmaster restarts, and a new worker runs');
 standin_post($ct, '/_control', { hang => JSON::PP::false });
 ok(outbox_empty($node, 60), 'kill: the outbox drains');
@@ -89,34 +79,109 @@ standin_post($ct, '/_reset');
 standin_post($ct, '/_control', { hang => JSON::PP::true });
 sql("SELECT page('add_members', 'd', ARRAY['d1', 'd2'], '23', 'Drop')");
 ok(wait_until(20, sub { standin_get($ct, '/_stats')->{in_flight} >= 1 }), 'drop extension: a request hangs');
-$pid = worker_pid();
+$pid = worker_pid($node);
 my $t0 = time();
 sql("DROP EXTENSION cohortsync");
 cmp_ok(time() - $t0, '<', 3, 'drop extension: does not wait for the worker');
 standin_post($ct, '/_control', { hang => JSON::PP::false });
 sleep 2;
-is(worker_pid(), $pid, 'drop extension: the worker carries on');
+is(worker_pid($node), $pid, 'drop extension: the worker carries on');
 sql("CREATE EXTENSION cohortsync");
 sql("SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', '$ct->{url}')");
 standin_post($ct, '/_reset');
 sql("SELECT page('add_members', 'd2', ARRAY['d3'], '24', 'Again')");
 ok(outbox_empty($node, 30), 'drop extension: after CREATE EXTENSION the worker delivers again');
 is(scalar(@{ delivered_records($ct) }), 2, 'drop extension: the new change arrives');
-is(worker_pid(), $pid, 'drop extension: same worker throughout');
+is(worker_pid($node), $pid, 'drop extension: same worker throughout');
 $node->stop;
 
 #------------------------------------------------------------------------------
-# DROP DATABASE of cohortsync.database is not blocked by the worker.
+# DROP DATABASE of cohortsync.database while both workers are busy: delivery
+# with a request in flight, the HTTP listener serving a stream of pages (after
+# a reload moved it to another port). Neither blocks the drop. Then, while the
+# database is missing, they wait quietly: one LOG line each, no FATAL every
+# five seconds. CREATE DATABASE brings them back.
 #------------------------------------------------------------------------------
-my $node2 = new_delivery_node('dropdb', $ct, dbname => 'csdb', conf => ["cohortsync.database = 'csdb'"]);
+my ($port_a, $port_b) = (PostgreSQL::Test::Cluster::get_free_port(), PostgreSQL::Test::Cluster::get_free_port());
+my $node2 = new_delivery_node('dropdb', $ct, dbname => 'csdb',
+	conf => [ "cohortsync.http_listen = '127.0.0.1:$port_a'", "cohortsync.http_require_auth = off" ]);
+# csdb exists only once the server runs: point the workers at it and restart
+$node2->append_conf('postgresql.conf', "cohortsync.database = 'csdb'\n");
+$node2->restart;
+sub sql2 { return $node2->safe_psql('postgres', $_[0]); }
+sub healthz
+{
+	my ($port) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5',
+		"http://127.0.0.1:$port/healthz" ], '>', \$out, '2>', \$err);
+	return $out;
+}
 ok(wait_until(10, sub {
-	$node2->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'cohortsync delivery' AND datname = 'csdb'") eq '1' }),
-	'drop database: the worker is connected to csdb');
+	sql2("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('cohortsync delivery', 'cohortsync http listener') AND datname = 'csdb'") eq '2' }),
+	'drop database: both workers are connected to csdb');
+
+standin_post($ct, '/_reset');
+standin_post($ct, '/_control', { hang => JSON::PP::true });
+$node2->safe_psql('csdb', "SELECT page('add_members', 'dd', ARRAY['dd1'], '25', 'Drop db')");
+ok(wait_until(20, sub { standin_get($ct, '/_stats')->{in_flight} >= 1 }), 'drop database: a delivery request hangs in flight');
+
+# the listener's settings change while delivery is busy: it moves, the worker stays
+my $delivery_pid = worker_pid($node2);
+sql2("ALTER SYSTEM SET cohortsync.http_listen = '127.0.0.1:$port_b'");
+sql2("SELECT pg_reload_conf()");
+ok(wait_until(10, sub { healthz($port_b) eq '200' }), 'reload: the listener moved to its new port');
+is(healthz($port_a), '000', 'reload: and left the old one');
+is(worker_pid($node2), $delivery_pid, 'reload: the delivery worker carried on');
+
+my $page = q({"action":"add_members","parameters":{"mixpanel_project_id":"1001","mixpanel_cohort_id":"26","mixpanel_session_id":"s","members":[{"mixpanel_distinct_id":"http1"}]}});
+my $clients = IPC::Run::start(
+	[ 'sh', '-c', "while :; do curl -s -o /dev/null --max-time 5 -H 'Content-Type: application/json' "
+		  . "--data '$page' http://127.0.0.1:$port_b/mixpanel; done" ]);
+ok(wait_until(10, sub { slurp_file($node2->logfile) =~ /"POST \/mixpanel" 200/ }),
+	'drop database: the listener is serving pages');
+
+my $log_offset = -s $node2->logfile;
 $t0 = time();
 my ($ret, $out, $err) = $node2->psql('postgres', 'DROP DATABASE csdb');
-is($ret, 0, 'drop database: succeeds') or diag $err;
-cmp_ok(time() - $t0, '<', 4, 'drop database: without waiting for the worker');
+my $took = time() - $t0;
+is($ret, 0, 'drop database: succeeds while both workers are busy') or diag $err;
+cmp_ok($took, '<', 4, 'drop database: without waiting for the workers');
+$clients->kill_kill;
+standin_post($ct, '/_control', { hang => JSON::PP::false });
+my $log = slurp_file($node2->logfile, $log_offset);
+like($log, qr/cohortsync delivery: leaving database "csdb" for DROP DATABASE/,
+	'drop database: the delivery worker says it leaves');
+like($log, qr/cohortsync http listener: leaving database "csdb" for DROP DATABASE/,
+	'drop database: so does the listener');
+
+# two restart intervals (bgw_restart_time is 5 s): a FATAL each time, before
+sleep 12;
+$log = slurp_file($node2->logfile, $log_offset);
+my @fatal = $log =~ /^.*FATAL.*$/mg;
+is_deeply(\@fatal, [], 'missing database: no FATAL in the log');
+my @waiting = $log =~ /^.*database "csdb" does not exist or does not allow connections; waiting for it$/mg;
+is(scalar(@waiting), 2, 'missing database: one LOG line per worker') or diag explain \@waiting;
+is(sql2("SELECT string_agg(backend_type || ' ' || coalesce(datname, '-'), ', ' ORDER BY backend_type)
+           FROM pg_stat_activity WHERE backend_type LIKE 'cohortsync%'"),
+	'cohortsync delivery -, cohortsync http listener -',
+	'missing database: both workers wait, attached to no database');
 ok($node2->safe_psql('postgres', 'SELECT 1') eq '1', 'drop database: the server is fine');
+
+# the database comes back: the workers connect again and work
+sql2('CREATE DATABASE csdb');
+$node2->safe_psql('csdb', 'CREATE EXTENSION cohortsync');
+$node2->safe_psql('csdb', page_sql());
+$node2->safe_psql('csdb', "SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', '$ct->{url}')");
+ok(wait_until(30, sub {
+	sql2("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('cohortsync delivery', 'cohortsync http listener') AND datname = 'csdb'") eq '2' }),
+	'database back: both workers connect to it again');
+like(slurp_file($node2->logfile, $log_offset), qr/cohortsync delivery: database "csdb" is there now; connecting to it/,
+	'database back: and say so');
+standin_post($ct, '/_reset');
+$node2->safe_psql('csdb', "SELECT page('add_members', 'back', ARRAY['back1'], '27', 'Back')");
+ok(outbox_empty($node2, 30, 'csdb'), 'database back: delivery works');
+ok(wait_until(15, sub { healthz($port_b) eq '200' }), 'database back: the listener answers');
 $node2->stop;
 
 done_testing();

@@ -14,8 +14,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(start_standin standin_get standin_post new_delivery_node page_sql
-  wait_until outbox_empty delivered_records canonical);
+our @EXPORT = qw(start_standin stop_standin standin_get standin_post new_delivery_node page_sql
+  wait_until outbox_empty delivered_records canonical standin_tally standin_requests worker_pid);
 
 my $json = JSON::PP->new->canonical(1);
 my $http = HTTP::Tiny->new(timeout => 10, verify_SSL => 0);
@@ -31,13 +31,14 @@ END
 	$_->kill_kill(grace => 2) for grep { $_->pumpable } @standins;
 }
 
-# Start the stand-in on a free port; returns { port, handle }.
+# Start the stand-in on a free port (or on port => N, e.g. the port of one that was
+# stopped); returns { port, handle, url }.
 sub start_standin
 {
 	my (%opt) = @_;
 	my $dir = PostgreSQL::Test::Utils::tempdir();
 	my $port_file = "$dir/port";
-	my @cmd = ('python3', $ENV{CS_STANDIN}, '--port', '0', '--port-file', $port_file,
+	my @cmd = ('python3', $ENV{CS_STANDIN}, '--port', $opt{port} // '0', '--port-file', $port_file,
 		'--account', $opt{account} // 'ACC', '--passcode', $opt{passcode} // 'PASS',
 		@{ $opt{args} // [] });
 	my ($out, $err) = ('', '');
@@ -53,6 +54,76 @@ sub start_standin
 	chomp $port;
 	my $scheme = $opt{args} && grep({ $_ eq '--tls-cert' } @{ $opt{args} }) ? 'https' : 'http';
 	return { port => $port, handle => $h, url => "$scheme://127.0.0.1:$port" };
+}
+
+# Stop a stand-in (SIGTERM); its port then refuses connections.
+sub stop_standin
+{
+	my ($s) = @_;
+	$s->{handle}->kill_kill(grace => 5);
+	return;
+}
+
+# How often each record arrived at the stand-in: { "identity type action" => n },
+# action being Added/Removed for events and $add/$remove for profiles. Python
+# reads /_records: decoding hundreds of thousands of records in pure Perl
+# (JSON::PP) would take minutes.
+sub standin_tally
+{
+	my ($s) = @_;
+	my $py = <<'PY';
+import json, sys, urllib.request
+recs = json.load(urllib.request.urlopen(sys.argv[1] + "/_records", timeout=120))["records"]
+tally = {}
+for r in recs:
+    if r.get("type") == "event":
+        action = (r.get("evtData") or {}).get("Action", "")
+    else:
+        mc = (r.get("profileData") or {}).get("Mixpanel Cohorts") or {}
+        action = "".join(sorted(mc.keys())) or "-"
+    key = "%s %s %s" % (r.get("identity"), r.get("type"), action)
+    tally[key] = tally.get(key, 0) + 1
+for k, n in tally.items():
+    print("%s\t%d" % (k, n))
+PY
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'python3', '-c', $py, $s->{url} ], '>', \$out, '2>', \$err)
+	  or die "standin_tally: $err";
+	my %tally = map { split /\t/ } split /\n/, $out;
+	return \%tally;
+}
+
+# The records of each request the stand-in accepted: { _seq => number of records }.
+sub standin_requests
+{
+	my ($s) = @_;
+	my $py = <<'PY';
+import json, sys, urllib.request
+recs = json.load(urllib.request.urlopen(sys.argv[1] + "/_records", timeout=120))["records"]
+sizes = {}
+for r in recs:
+    sizes[r["_seq"]] = sizes.get(r["_seq"], 0) + 1
+for k, n in sizes.items():
+    print("%d\t%d" % (k, n))
+PY
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'python3', '-c', $py, $s->{url} ], '>', \$out, '2>', \$err)
+	  or die "standin_requests: $err";
+	my %sizes = map { split /\t/ } split /\n/, $out;
+	return \%sizes;
+}
+
+# The pid of the running background worker of this type, or '' (also while the
+# server restarts after a crash).
+sub worker_pid
+{
+	my ($node, $type) = @_;
+	my ($ret, $out) = (1, '');
+	eval {
+		($ret, $out) = $node->psql('postgres',
+			"SELECT pid FROM pg_stat_activity WHERE backend_type = '" . ($type // 'cohortsync delivery') . "'");
+	};
+	return !$@ && $ret == 0 ? $out : '';
 }
 
 # HTTP::Tiny needs IO::Socket::SSL for https, which may be missing: use curl there.
