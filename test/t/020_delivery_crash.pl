@@ -97,7 +97,7 @@ standin_post($ct, '/_control', { hang => JSON::PP::false });
 sleep 2;
 is(worker_pid(), $pid, 'drop extension: the worker carries on');
 sql("CREATE EXTENSION cohortsync");
-sql("SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', '$ct->{url}')");
+sql("SELECT cohortsync.connect_clevertap('ct', 'ACC', '$PASSCODE', 'eu1', '$ct->{url}')");
 standin_post($ct, '/_reset');
 sql("SELECT page('add_members', 'd2', ARRAY['d3'], '24', 'Again')");
 ok(outbox_empty($node, 30), 'drop extension: after CREATE EXTENSION the worker delivers again');
