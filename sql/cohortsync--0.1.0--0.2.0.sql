@@ -99,3 +99,49 @@ REVOKE ALL ON FUNCTION cohortsync.grant_ingest(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.grant_read(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.revoke_access(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._check_grantee(regrole) FROM PUBLIC;
+
+-- Strand C (issue #6, security): a passcode sent over plain HTTP.
+-- connect_clevertap accepts an http:// api_url (a local stand-in, a proxy on the
+-- same host), but the passcode then crosses the network in clear text: warn
+-- unless the host is the loopback interface. Otherwise as in 0.1.0.
+CREATE OR REPLACE FUNCTION cohortsync.connect_clevertap(name text, account_id text, passcode text,
+                                                        region text, api_url text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'a destination needs a name' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF account_id IS NULL OR account_id = '' THEN
+        RAISE EXCEPTION 'a CleverTap destination needs an account id'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF passcode IS NULL OR passcode = '' THEN
+        RAISE EXCEPTION 'a CleverTap destination needs a passcode'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM cohortsync._check_region(region);
+    IF api_url IS NOT NULL AND api_url !~ '^https?://[^/]' THEN
+        RAISE EXCEPTION 'api_url must start with https:// or http://'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = connect_clevertap.name) THEN
+        RAISE EXCEPTION 'destination "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Use cohortsync.set_clevertap_passcode() to change its passcode.';
+    END IF;
+    IF api_url ~* '^http://'
+       AND api_url !~* '^http://(localhost|127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\])(:[0-9]+)?(/|$)' THEN
+        RAISE WARNING 'destination "%" sends its passcode unencrypted', name
+            USING DETAIL = format('api_url %s is plain HTTP to a host other than this one.', api_url),
+                  HINT = 'Use https:// unless every network between here and that host is trusted.';
+    END IF;
+    INSERT INTO cohortsync.destinations (name, account_id, region, api_url)
+        VALUES (name, account_id, region, api_url);
+    INSERT INTO cohortsync.destination_secrets (name, passcode) VALUES (name, passcode);
+    INSERT INTO cohortsync.destination_stats (destination) VALUES (name)
+        ON CONFLICT (destination) DO NOTHING;
+END
+$$;

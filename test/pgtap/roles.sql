@@ -5,7 +5,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(84);
+SELECT plan(85);
 
 CREATE ROLE cs_test_ingest;
 CREATE ROLE cs_test_reader;
@@ -73,6 +73,14 @@ SELECT ok(NOT has_schema_privilege('public', 'cohortsync', 'USAGE, CREATE'), 'no
 SELECT ok(NOT has_schema_privilege('cs_test_reader', 'cohortsync', 'CREATE')
           AND NOT has_schema_privilege('cs_test_ingest', 'cohortsync', 'CREATE'),
           'neither role may create objects in the schema');
+
+-- What runs with the owner's rights runs with a search_path the caller cannot
+-- put objects into (pg_temp last: it is never searched for functions or operators).
+SELECT is(ARRAY(SELECT p.oid::regprocedure::text FROM pg_proc p
+                 WHERE p.pronamespace = 'cohortsync'::regnamespace AND p.prosecdef
+                   AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)
+                 ORDER BY 1),
+          '{}', 'every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp');
 
 -- The only view is owned by the owner: it reads the tables with the owner's
 -- rights, so what it shows is what the reader gets. No column of it may hold a
