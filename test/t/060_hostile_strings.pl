@@ -1,10 +1,12 @@
 # SQL injection, end to end: pages whose ids, names and member fields are full of
 # quotes, backslashes, SQL and JSON, POSTed to the listener over HTTP, are stored
 # byte for byte, and the CleverTap stand-in receives the identical strings in the
-# upload body, for a destination whose name is itself hostile.
+# upload body, for a destination whose name is itself hostile. And a passcode set
+# through a bound parameter stays out of the statement log.
 use strict;
 use warnings;
 
+use Digest::MD5;
 use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
@@ -157,6 +159,28 @@ is_deeply(events(delivered_records($ct), 'Removed'),
 		'Partner Name' => 'Mixpanel' } ]) } @gone ],
 	'removal events arrive verbatim');
 is(sql("SELECT count(*) FROM cohortsync.failed_records"), '0', 'nothing was refused');
+
+#------------------------------------------------------------------------------
+# A passcode as a bound parameter: log_statement = all logs bound values too
+# ("DETAIL:  parameters: $1 = ..."), unless log_parameter_max_length = 0. With it,
+# the statement is logged with its placeholder, and the passcode nowhere
+# (test/scan_logs.py checks the whole log afterwards, too).
+#------------------------------------------------------------------------------
+sql("BEGIN; SET LOCAL log_statement = 'none';
+     SELECT cohortsync.connect_clevertap('plain', 'ACC', 'cs-secret-plain-old', 'eu1', 'http://127.0.0.1:9');
+     COMMIT;");
+my $bound = 'cs-secret-bound-parameter';
+my $log_from = -s $node->logfile;
+$node->pgbench("--no-vacuum -M extended -t 1 -D pc=$bound", 0, [qr{processed: 1/1}], [qr{^$}],
+	'pgbench sets a passcode as a bound parameter',
+	{ '060_bound' => "SET log_parameter_max_length = 0;\n"
+		  . "SELECT cohortsync.set_clevertap_passcode('plain', :pc);\n" });
+is(sql("SELECT md5(passcode) FROM cohortsync.destination_secrets WHERE name = 'plain'"),
+	Digest::MD5::md5_hex($bound), 'the passcode was set');
+my $log = substr(slurp_file($node->logfile), $log_from);
+like($log, qr/execute [^:]*: SELECT cohortsync\.set_clevertap_passcode\('plain', \$1\)/,
+	'the statement is logged with its placeholder');
+unlike($log, qr/\Q$bound\E|parameters: \$1/, 'the bound passcode is not');
 
 $node->stop;
 done_testing();
