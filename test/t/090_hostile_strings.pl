@@ -173,7 +173,7 @@ my $bound = 'cs-secret-bound-parameter';
 my $log_from = -s $node->logfile;
 $node->pgbench("--no-vacuum -M extended -t 1 -D pc=$bound", 0, [qr{processed: 1/1}], [qr{^$}],
 	'pgbench sets a passcode as a bound parameter',
-	{ '060_bound' => "SET log_parameter_max_length = 0;\n"
+	{ '090_bound' => "SET log_parameter_max_length = 0;\n"
 		  . "SELECT cohortsync.set_clevertap_passcode('plain', :pc);\n" });
 is(sql("SELECT md5(passcode) FROM cohortsync.destination_secrets WHERE name = 'plain'"),
 	Digest::MD5::md5_hex($bound), 'the passcode was set');
