@@ -182,6 +182,11 @@ cs_http_start(CsHttpCall *call, const char *base_url, const char *account_id,
 #else
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
+	/*
+	 * Never CURLOPT_VERBOSE nor a CURLOPT_DEBUGFUNCTION: libcurl would write the
+	 * request headers, X-CleverTap-Passcode included, to stderr, which is the
+	 * server log (scripts/test scans every log for passcodes).
+	 */
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body->data);

@@ -3,7 +3,7 @@
 BEGIN;
 SELECT plan(19);
 
-SELECT lives_ok($$SELECT cohortsync.add_webhook_user('mixpanel', 'correct horse battery')$$,
+SELECT lives_ok($$SELECT cohortsync.add_webhook_user('mixpanel', 'cs-secret correct horse battery')$$,
                 'add_webhook_user creates a user');
 SELECT is((SELECT count(*) FROM cohortsync.webhook_users WHERE username = 'mixpanel'), 1::bigint,
           'the user is stored');
@@ -15,14 +15,14 @@ SELECT is((SELECT strpos(password_hash, 'correct horse') FROM cohortsync.webhook
           'the stored hash does not contain the password');
 
 -- salted: the same password twice gives two different hashes
-SELECT cohortsync.add_webhook_user('mixpanel-eu', 'correct horse battery');
+SELECT cohortsync.add_webhook_user('mixpanel-eu', 'cs-secret correct horse battery');
 SELECT isnt((SELECT password_hash FROM cohortsync.webhook_users WHERE username = 'mixpanel'),
             (SELECT password_hash FROM cohortsync.webhook_users WHERE username = 'mixpanel-eu'),
             'the same password gets a different salt for another user');
 
 -- adding again replaces the password (and the salt), keeping one row
 CREATE TEMP TABLE before AS SELECT password_hash FROM cohortsync.webhook_users WHERE username = 'mixpanel';
-SELECT cohortsync.add_webhook_user('mixpanel', 'correct horse battery');
+SELECT cohortsync.add_webhook_user('mixpanel', 'cs-secret correct horse battery');
 SELECT is((SELECT count(*) FROM cohortsync.webhook_users WHERE username = 'mixpanel'), 1::bigint,
           'adding an existing user replaces it');
 SELECT isnt((SELECT password_hash FROM cohortsync.webhook_users WHERE username = 'mixpanel'),

@@ -205,7 +205,7 @@ sql("SELECT pg_reload_conf()");
 ok(outbox_empty($node, 30), 'timeout: delivered on a retry');
 is(scalar(@{ delivered_records($ct) }), 2, 'timeout: once');
 
-sql("SELECT cohortsync.connect_clevertap('down', 'ACC', 'PASS', 'eu1', 'http://127.0.0.1:1')");
+sql("SELECT cohortsync.connect_clevertap('down', 'ACC', 'cs-secret-down', 'eu1', 'http://127.0.0.1:1')");
 sql("SELECT page('add_members', 'dn', ARRAY['dn1'], '17', 'Down')");
 ok(wait_until(20, sub {
 	sql("SELECT coalesce(last_error, '') FROM cohortsync.destination_status WHERE name = 'down'") =~ /connect/i }),
@@ -239,7 +239,7 @@ sql("DELETE FROM cohortsync.failed_records");
 # 401 pauses the destination, keeping every record; resume delivers them.
 #------------------------------------------------------------------------------
 standin_post($ct, '/_reset');
-standin_post($ct, '/_control', { accounts => [ [ 'ACC', 'NEW-PASS' ] ] });
+standin_post($ct, '/_control', { accounts => [ [ 'ACC', 'cs-secret-new-passcode' ] ] });
 sql("SELECT page('add_members', 'a1', ARRAY['k1', 'k2'], '12', 'Auth')");
 ok(wait_until(20, sub { sql("SELECT state FROM cohortsync.destination_status") eq 'paused' }),
 	'401: the destination pauses');
@@ -250,11 +250,11 @@ is(sql("SELECT pending FROM cohortsync.destination_status"), '6', '401: every re
 # log_statement = all logs statements as typed (see docs/delivery.md); apart
 # from those, no line of the log may hold a passcode, even a failing call's
 $node->psql('postgres', "SET log_statement = 'none';
-  SELECT cohortsync.connect_clevertap('x', 'ACC', 'ERR-PASS', 'nowhere')");
+  SELECT cohortsync.connect_clevertap('x', 'ACC', 'cs-secret-err-passcode', 'nowhere')");
 my @lines = grep { !/ statement: / } split /\n/, slurp_file($node->logfile);
-is_deeply([ grep { /NEW-PASS|'PASS'|ERR-PASS/ } @lines ], [],
+is_deeply([ grep { /cs-secret/ } @lines ], [],
 	'401: no passcode in the server log, not even for a failing call');
-sql("SELECT cohortsync.set_clevertap_passcode('ct', 'NEW-PASS')");
+sql("SELECT cohortsync.set_clevertap_passcode('ct', 'cs-secret-new-passcode')");
 sql("SELECT cohortsync.resume_destination('ct')");
 ok(outbox_empty($node, 30), '401: resume delivers everything');
 $recs = delivered_records($ct);

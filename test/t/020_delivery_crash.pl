@@ -87,7 +87,7 @@ standin_post($ct, '/_control', { hang => JSON::PP::false });
 sleep 2;
 is(worker_pid($node), $pid, 'drop extension: the worker carries on');
 sql("CREATE EXTENSION cohortsync");
-sql("SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', '$ct->{url}')");
+sql("SELECT cohortsync.connect_clevertap('ct', 'ACC', '$PASSCODE', 'eu1', '$ct->{url}')");
 standin_post($ct, '/_reset');
 sql("SELECT page('add_members', 'd2', ARRAY['d3'], '24', 'Again')");
 ok(outbox_empty($node, 30), 'drop extension: after CREATE EXTENSION the worker delivers again');
@@ -172,7 +172,7 @@ ok($node2->safe_psql('postgres', 'SELECT 1') eq '1', 'drop database: the server 
 sql2('CREATE DATABASE csdb');
 $node2->safe_psql('csdb', 'CREATE EXTENSION cohortsync');
 $node2->safe_psql('csdb', page_sql());
-$node2->safe_psql('csdb', "SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', '$ct->{url}')");
+$node2->safe_psql('csdb', "SELECT cohortsync.connect_clevertap('ct', 'ACC', '$PASSCODE', 'eu1', '$ct->{url}')");
 ok(wait_until(30, sub {
 	sql2("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('cohortsync delivery', 'cohortsync http listener') AND datname = 'csdb'") eq '2' }),
 	'database back: both workers connect to it again');

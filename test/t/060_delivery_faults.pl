@@ -56,7 +56,7 @@ my @names = sort keys %faults;
 for my $f (@names)
 {
 	my $s = $faults{$f}{standin} = start_standin();
-	sql("SELECT cohortsync.connect_clevertap('$f', 'ACC', 'PASS', 'eu1', '$s->{url}')");
+	sql("SELECT cohortsync.connect_clevertap('$f', 'ACC', '$PASSCODE', 'eu1', '$s->{url}')");
 	$faults{$f}{start}->($s);
 }
 
@@ -95,7 +95,7 @@ is(sql("SELECT count(*) FROM cohortsync.failed_records"), '0', 'faults: none fai
 sql("SELECT cohortsync.disconnect_clevertap(name) FROM cohortsync.destinations");
 
 my $ct = $faults{t429}{standin};
-sql("SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', '$ct->{url}')");
+sql("SELECT cohortsync.connect_clevertap('ct', 'ACC', '$PASSCODE', 'eu1', '$ct->{url}')");
 
 #------------------------------------------------------------------------------
 # cohortsync.max_retry_age: a record that cannot be delivered goes to
