@@ -233,6 +233,23 @@ cs_http_abandon(CsHttpCall *call)
 	release(call);
 }
 
+void
+cs_http_kick(void)
+{
+	int			running;
+
+	/*
+	 * A request just added has a timeout of zero: let curl start it (write it
+	 * to a kept-alive connection, or connect) now rather than after the next
+	 * claim, so that claiming and the round trip overlap.
+	 */
+	if (timer_deadline_ms >= 0 && now_ms() >= timer_deadline_ms)
+	{
+		timer_deadline_ms = -1;
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+}
+
 int
 cs_http_in_flight(void)
 {
