@@ -694,11 +694,12 @@ claim_for(CsDestination *dest, CsDestState *st, bool *more, bool *failed)
 
 /*
  * Claim batches for every active destination with free slots and start each
- * request as soon as its claim has committed. Returns how long (ms) the loop
+ * request as soon as its claim has committed. poll: nothing woke the worker,
+ * the poll interval (or a retry's time) has come. Returns how long (ms) the loop
  * may sleep before it should claim again if nothing wakes it.
  */
 static long
-claim_and_send(void)
+claim_and_send(bool poll)
 {
 	List	   *volatile dests = NIL;
 	volatile bool installed = true;
@@ -766,7 +767,21 @@ claim_and_send(void)
 	known_destinations = list_length(dests);
 
 	foreach(lc, dest_states)
-		((CsDestState *) lfirst(lc))->active = false;
+	{
+		CsDestState *st = (CsDestState *) lfirst(lc);
+
+		st->active = false;
+
+		/*
+		 * A safety net: the cursor relies on every writer of the queue having a
+		 * transaction id before it takes ids from the sequence (then writers_busy
+		 * sees it). The extension's writers do; a row inserted by hand into the
+		 * outbox might not. The poll, when nothing else woke the worker, looks
+		 * behind the cursor, so nothing waits longer than poll_interval.
+		 */
+		if (poll)
+			st->holes = true;
+	}
 
 	foreach(lc, dests)
 	{
@@ -1032,7 +1047,7 @@ cs_delivery_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (woken || settled_any || now >= next_claim)
 		{
-			long		sleep_ms = claim_and_send();
+			long		sleep_ms = claim_and_send(!woken && !settled_any);
 
 			next_claim = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sleep_ms);
 		}
