@@ -116,7 +116,9 @@ drain() {
   [ "${STALE:-0}" = 1 ] || q "ANALYZE cohortsync.outbox" >/dev/null
   if [ -n "${DRAIN_BEFORE:-}" ]; then eval "$DRAIN_BEFORE"; fi
   standin POST /_reset >/dev/null
-  standin POST /_control "{\"delay_ms\": $delay}" >/dev/null
+  # store false: the stand-in validates and answers as ever, but keeps no copy of each record
+  # (its cost per record would otherwise grow with everything stored); only counts are needed
+  standin POST /_control "{\"delay_ms\": $delay, \"store\": false}" >/dev/null
   echo 5 >"/proc/$WORKER_PID/clear_refs"                        # reset VmHWM
   local w0 s0 b0 st0 b1 st1 t0 t1 acc=0 anon peak_anon=0 shm peak_shm=0 deadline
   w0=$(ticks "$WORKER_PID"); s0=$(ticks "$STANDIN_PID"); b0=$(busy_ticks); st0=$(steal_ticks)

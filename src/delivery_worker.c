@@ -771,16 +771,6 @@ claim_and_send(bool poll)
 		CsDestState *st = (CsDestState *) lfirst(lc);
 
 		st->active = false;
-
-		/*
-		 * A safety net: the cursor relies on every writer of the queue having a
-		 * transaction id before it takes ids from the sequence (then writers_busy
-		 * sees it). The extension's writers do; a row inserted by hand into the
-		 * outbox might not. The poll, when nothing else woke the worker, looks
-		 * behind the cursor, so nothing waits longer than poll_interval.
-		 */
-		if (poll)
-			st->holes = true;
 	}
 
 	foreach(lc, dests)
@@ -792,6 +782,21 @@ claim_and_send(bool poll)
 		int			empty_walks = 0;
 
 		st->active = true;
+
+		/*
+		 * A safety net: the cursor relies on every writer of the queue having a
+		 * transaction id before it takes ids from the sequence (then writers_busy
+		 * sees it). The extension's writers do; a row inserted by hand into the
+		 * outbox might not. The poll, when nothing else woke the worker, looks
+		 * behind the cursor, so nothing waits longer than poll_interval.
+		 */
+		if (poll)
+		{
+			if (nfly == 0)
+				st->rescan = true;
+			else
+				st->holes = true;
+		}
 		if (st->rescan)
 		{
 			/* records behind the cursor: wait until nothing is in flight, then look */
