@@ -145,3 +145,159 @@ BEGIN
         ON CONFLICT (destination) DO NOTHING;
 END
 $$;
+
+-------------------------------------------------------------------------------
+-- Strand E (issue #5, delivery speed): leases live in the worker's memory.
+--
+-- In 0.1.0 the worker leased every claimed record with a row UPDATE (a new heap
+-- tuple and three index entries per record, ~50 us), and every claim walked past
+-- the records already in flight. There is exactly one delivery worker, so it now
+-- keeps what it has in flight in its own memory: a claim only reads, and walks
+-- the queue from a cursor (the highest id it has claimed) so it starts after
+-- what is in flight. A crash re-sends what was in flight, as before (at least
+-- once). The old _claim (leasing rows) is kept for compatibility; the worker no
+-- longer calls it.
+-------------------------------------------------------------------------------
+
+-- Walk up to p_limit records of one destination with id > p_after, oldest first,
+-- and say of each whether it may be sent now (claimable). Records that may not
+-- (blocked) come back with record NULL; the worker then knows that something
+-- below its cursor is still waiting and scans the queue from the start again
+-- once nothing of the destination is in flight.
+--
+-- A record is claimable when it is due and no older record of its identity is
+-- left, except those of the same change (its event and profile commute) that
+-- lie above p_after. Everything the worker has in flight has an id <= p_after
+-- and is still in the table (a record leaves the queue only after CleverTap
+-- answered for it), so an identity with a record in flight is never claimed
+-- again, and an identity's changes go out one request after the other, in
+-- order; a record waiting for a retry (e.g. 555) blocks its identity's later
+-- records. The same-change exemption is denied at or below p_after because such
+-- a record may be in flight: its partner then waits for the next request.
+--
+-- change_key: the change a record belongs to (its event and profile share it).
+--
+-- writers_busy: the claim's snapshot saw transactions in progress. Such a
+-- transaction may hold ids below the cursor and commit later; the worker then
+-- also scans from the start again before it trusts its cursor.
+--
+-- The plan must walk outbox_claim_idx in id order and stop after p_limit rows,
+-- probing outbox_identity_idx per candidate (see _claim for why the SET clauses).
+CREATE FUNCTION cohortsync._claim_due(p_destination text, p_limit integer, p_after bigint)
+RETURNS TABLE (id bigint, record text, claimable boolean, writers_busy boolean, change_key bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_sort = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET jit = off
+AS $$
+    SELECT w.id, CASE WHEN w.ok THEN w.record::text END, w.ok,
+           EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot())), w.change_key
+      FROM (SELECT o.id, o.record, coalesce(o.change_id, -o.id) AS change_key,
+                   o.next_attempt_at <= now()
+                   AND NOT EXISTS (
+                        SELECT FROM cohortsync.outbox b
+                         WHERE b.destination COLLATE "C" = o.destination
+                           AND b.identity COLLATE "C" = o.identity
+                           AND b.id < o.id
+                           AND (b.id <= p_after
+                                OR b.next_attempt_at > now()
+                                OR coalesce(b.change_id, -b.id) <> coalesce(o.change_id, -o.id))
+                        OFFSET 0) AS ok     -- a probe per candidate, never a join over the queue
+              FROM cohortsync.outbox o
+             WHERE o.destination = p_destination AND o.id > p_after
+             ORDER BY o.destination, o.id
+             LIMIT p_limit) w
+$$;
+REVOKE ALL ON FUNCTION cohortsync._claim_due(text, integer, bigint) FROM PUBLIC;
+
+-- What the worker has in flight, per destination, as it publishes it in shared
+-- memory (nothing when the library is not preloaded or no worker runs).
+CREATE FUNCTION cohortsync._worker_in_flight()
+RETURNS TABLE (destination text, records bigint)
+AS 'MODULE_PATHNAME', 'cohortsync_worker_in_flight'
+LANGUAGE C VOLATILE;
+-- Executable by PUBLIC, the one exception: destination_status calls it with the
+-- reader's rights (a view checks function privileges as the view's user), and a
+-- role granted SELECT on the view by hand under 0.1.0 must keep reading it. It
+-- shows no more than the view does (a count per destination name), and only to
+-- roles that were given USAGE on the schema.
+
+-- in_flight: the worker's published count, plus rows still leased the 0.1.0 way
+-- (by _claim). Same columns, same order as 0.1.0.
+CREATE OR REPLACE VIEW cohortsync.destination_status AS
+SELECT d.name,
+       d.state,
+       d.paused_reason                         AS state_reason,
+       d.paused_at,
+       greatest(coalesce(o.pending, 0) - coalesce(w.records, 0), 0) AS pending,
+       coalesce(o.in_flight, 0) + least(coalesce(w.records, 0), coalesce(o.pending, 0)) AS in_flight,
+       coalesce(s.delivered, 0)                AS delivered,
+       (SELECT count(*) FROM cohortsync.failed_records f
+         WHERE f.destination = d.name)         AS failed,
+       now() - o.oldest                        AS oldest_pending_age,
+       s.last_success_at,
+       s.last_error,
+       s.last_error_at,
+       coalesce(s.phones_dropped, 0)           AS phones_dropped,
+       coalesce(s.requests, 0)                 AS requests
+  FROM cohortsync.destinations d
+  LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
+  LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE x.lease_until IS NULL OR x.lease_until < now()) AS pending,
+               count(*) FILTER (WHERE x.lease_until >= now())                         AS in_flight,
+               min(x.created_at)                                                      AS oldest
+          FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
+
+-- The claim probes outbox_identity_idx once per record it walks, and with the
+-- database's collation every comparison on the way down was a strcoll() call
+-- (~10% of a claim). destination and identity are opaque keys compared for
+-- equality only, like the ids of the ingest tables, so the index compares them
+-- byte by byte now; the probes say COLLATE "C" to use it. (The columns keep
+-- their type: destination_status depends on them, and ALTER COLUMN TYPE would
+-- mean dropping the view and its grants.)
+DROP INDEX cohortsync.outbox_identity_idx;
+CREATE INDEX outbox_identity_idx
+    ON cohortsync.outbox (destination COLLATE "C", identity COLLATE "C", id);
+
+-- The 0.1.0 claim (leasing rows), unchanged but for the probe's collation.
+CREATE OR REPLACE FUNCTION cohortsync._claim(p_destination text, p_limit integer, p_lease interval)
+RETURNS TABLE (id bigint, record text) LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_sort = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET jit = off
+AS $$
+    WITH picked AS (
+        SELECT o.id
+          FROM cohortsync.outbox o
+         WHERE o.destination = p_destination
+           AND (o.lease_until IS NULL OR o.lease_until < now())
+           AND o.next_attempt_at <= now()
+           AND NOT EXISTS (
+                SELECT FROM cohortsync.outbox b
+                 WHERE b.destination COLLATE "C" = o.destination
+                   AND b.identity COLLATE "C" = o.identity
+                   AND b.id <> o.id
+                   AND (b.lease_until >= now()
+                        OR (b.id < o.id
+                            AND (b.next_attempt_at > now()
+                                 OR coalesce(b.change_id, -b.id) <> coalesce(o.change_id, -o.id))))
+                OFFSET 0)
+         ORDER BY o.destination, o.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED),
+    leased AS (
+        UPDATE cohortsync.outbox o
+           SET lease_until = now() + p_lease, leased_by = pg_backend_pid()
+         WHERE o.id = ANY (ARRAY(SELECT picked.id FROM picked))
+        RETURNING o.id, o.record::text AS record)
+    SELECT leased.id, leased.record FROM leased ORDER BY leased.id
+$$;

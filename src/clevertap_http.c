@@ -50,6 +50,7 @@ static int	nsockets = 0;
 static bool sockets_overflowed = false;
 static int64 timer_deadline_ms = -1;	/* when curl wants CURL_SOCKET_TIMEOUT; -1 none */
 static int	in_flight = 0;
+static bool finished_in_kick = false;	/* a transfer ended inside cs_http_kick */
 
 static int64
 now_ms(void)
@@ -238,6 +239,31 @@ cs_http_abandon(CsHttpCall *call)
 	release(call);
 }
 
+void
+cs_http_kick(void)
+{
+	int			running;
+
+	/*
+	 * A request just added has a timeout of zero: let curl start it (write it
+	 * to a kept-alive connection, or connect) now rather than after the next
+	 * claim, so that claiming and the round trip overlap.
+	 */
+	if (timer_deadline_ms >= 0 && now_ms() >= timer_deadline_ms)
+	{
+		timer_deadline_ms = -1;
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+
+		/*
+		 * A fast server may have answered already (this or an earlier request):
+		 * then no socket will say so any more, and the next wait must not
+		 * sleep before the caller has collected it.
+		 */
+		if (running < in_flight)
+			finished_in_kick = true;
+	}
+}
+
 int
 cs_http_in_flight(void)
 {
@@ -253,6 +279,13 @@ cs_http_wait(long timeout_ms, uint32 wait_event_info)
 	bool		latch_set = false;
 	int			running;
 	int64		now = now_ms();
+
+	/* something finished inside cs_http_kick: collect it before sleeping */
+	if (finished_in_kick)
+	{
+		finished_in_kick = false;
+		timeout_ms = 0;
+	}
 
 	/* curl's own deadline comes first */
 	if (timer_deadline_ms >= 0)

@@ -43,6 +43,9 @@ extern void cs_http_abandon(CsHttpCall *call);
  */
 extern bool cs_http_wait(long timeout_ms, uint32 wait_event_info);
 
+/* Let curl start what is due now (requests just added), without waiting. */
+extern void cs_http_kick(void);
+
 /* The next finished call, or NULL. */
 extern CsHttpCall *cs_http_next_finished(void);
 

@@ -116,6 +116,82 @@ cs_outbox_claim(const char *destination, int limit, int lease_ms,
 	return true;
 }
 
+/*
+ * Walk up to limit records of the destination after id "after" and copy out
+ * the claimable ones (cohortsync._claim_due). Nothing is written: the worker
+ * keeps its leases in memory. Returns whether anything was claimed.
+ *
+ * The walk asks for one record more than it keeps, to see whether the queue
+ * goes on, and ends the batch before the records of a change that goes on
+ * past it: otherwise a change's event could leave in this request and its
+ * profile, blocked while the event is in flight, be left behind the cursor.
+ */
+bool
+cs_outbox_claim_due(const char *destination, int limit, int64 after,
+					MemoryContext cxt, CsClaim *claim, CsWalk *walk)
+{
+	Oid			argtypes[3] = {TEXTOID, INT4OID, INT8OID};
+	Datum		values[3];
+	TupleDesc	desc;
+	int			nrows;
+	int			keep;
+	int			n = 0;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(destination);
+	values[1] = Int32GetDatum(limit + 1);
+	values[2] = Int64GetDatum(after);
+	if (SPI_execute_with_args("SELECT id, record, claimable, writers_busy, change_key"
+							  "  FROM cohortsync._claim_due($1, $2, $3)",
+							  3, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "cohortsync: could not claim records");
+
+	memset(walk, 0, sizeof(CsWalk));
+	claim->nrecords = 0;
+	nrows = (int) SPI_processed;
+	if (nrows == 0)
+		return false;
+	desc = SPI_tuptable->tupdesc;
+	walk->writers_busy = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], desc, 4, &isnull));
+
+	keep = nrows;
+	if (nrows > limit)
+	{
+		int64		next_change = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[limit], desc, 5, &isnull));
+
+		walk->more = true;
+		keep = limit;
+		/* at most the two records of one change: never all of the batch */
+		while (keep > 1 &&
+			   DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[keep - 1], desc, 5, &isnull)) == next_change)
+			keep--;
+	}
+
+	walk->walked = keep;
+	claim->ids = MemoryContextAlloc(cxt, sizeof(int64) * keep);
+	claim->records = MemoryContextAlloc(cxt, sizeof(char *) * keep);
+	for (int i = 0; i < keep; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		int64		id = DatumGetInt64(SPI_getbinval(t, desc, 1, &isnull));
+		bool		ok = DatumGetBool(SPI_getbinval(t, desc, 3, &isnull));
+
+		/* rows come in id order; keep the highest anyway, the cursor depends on it */
+		if (id > walk->last_id)
+			walk->last_id = id;
+		if (!ok)
+		{
+			walk->blocked = true;
+			continue;
+		}
+		claim->ids[n] = id;
+		claim->records[n] = copy_value(cxt, t, desc, 2);
+		n++;
+	}
+	claim->nrecords = n;
+	return n > 0;
+}
+
 double
 cs_outbox_next_due(void)
 {

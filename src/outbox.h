@@ -41,6 +41,22 @@ extern int64 cs_outbox_release_leases(void);
 extern List *cs_outbox_destinations(MemoryContext cxt);
 extern bool cs_outbox_claim(const char *destination, int limit, int lease_ms,
 							MemoryContext cxt, CsClaim *claim);
+/*
+ * What one walk of the queue (cs_outbox_claim_due) saw besides the records it
+ * claimed: how far it went, whether it passed records that must wait, and
+ * whether transactions were in progress (they may commit ids below the cursor).
+ */
+typedef struct CsWalk
+{
+	int			walked;			/* records looked at (claimed or not) */
+	int64		last_id;		/* the highest id looked at; valid if walked > 0 */
+	bool		blocked;		/* some record looked at could not be claimed */
+	bool		writers_busy;	/* the snapshot had transactions in progress */
+	bool		more;			/* the queue goes on after last_id */
+} CsWalk;
+
+extern bool cs_outbox_claim_due(const char *destination, int limit, int64 after,
+								MemoryContext cxt, CsClaim *claim, CsWalk *walk);
 extern double cs_outbox_next_due(void);
 extern CsOutcome cs_outbox_record_outcome(const char *destination,
 										  const int64 *ids, int nids,

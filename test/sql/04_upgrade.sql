@@ -5,6 +5,10 @@ DROP EXTENSION IF EXISTS cohortsync CASCADE;
 CREATE EXTENSION cohortsync VERSION '0.1.0';
 SELECT extversion FROM pg_extension WHERE extname = 'cohortsync';
 
+-- a destination, so that the outbox has records, some of them leased by 0.1.0's
+-- claim (in flight when the server was upgraded)
+SELECT cohortsync.connect_clevertap('ct', 'ACC', 'PASS', 'eu1', 'http://127.0.0.1:9');
+
 SELECT cohortsync.ingest('{"action": "members",
   "parameters": {"mixpanel_project_id": "1001", "mixpanel_cohort_id": "u1",
                  "mixpanel_cohort_name": "Upgraded", "mixpanel_session_id": "s1",
@@ -12,10 +16,18 @@ SELECT cohortsync.ingest('{"action": "members",
                  "members": [{"mixpanel_distinct_id": "a", "email": "a@example.com"},
                              {"mixpanel_distinct_id": "b"}]}}');
 
+SELECT count(*) AS leased_by_010 FROM cohortsync._claim('ct', 2, '1 hour');
+
 ALTER EXTENSION cohortsync UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'cohortsync';
 SELECT cohort_id, distinct_id, properties FROM cohortsync.members ORDER BY distinct_id;
 SELECT distinct_id, change FROM cohortsync.membership_changes ORDER BY id;
+-- every queued record is still there, and 0.2.0's claim (leases in the worker's
+-- memory) sends the leased ones too: a walk from the start claims all four
+SELECT count(*) AS queued, count(*) FILTER (WHERE lease_until IS NOT NULL) AS leased FROM cohortsync.outbox;
+SELECT count(*) FILTER (WHERE claimable) AS claimable, count(*) AS walked
+  FROM cohortsync._claim_due('ct', 1000, 0);
+SELECT pending + in_flight AS queued FROM cohortsync.destination_status;
 
 -- the chain of scripts reaches every released version
 SELECT target FROM pg_extension_update_paths('cohortsync')

@@ -83,6 +83,7 @@ DEFAULT_SETTINGS = {
     "garbage": 0,
     "record_codes": {},
     "max_concurrent": DEFAULT_MAX_CONCURRENT,
+    "store": True,
 }
 
 GARBAGE_BODY = b"not json at all <<<"
@@ -185,9 +186,9 @@ def parse_control(obj, settings, accounts):
             if not (is_int(v) or isinstance(v, float)) or v < 0:
                 raise ValueError("delay_ms must be a non-negative number")
             new[key] = v
-        elif key == "hang":
+        elif key in ("hang", "store"):
             if not isinstance(obj[key], bool):
-                raise ValueError("hang must be true or false")
+                raise ValueError(f"{key} must be true or false")
             new[key] = obj[key]
         elif key == "record_codes":
             v = obj[key]
@@ -448,6 +449,7 @@ class Handler(BaseHTTPRequestHandler):
                     fault = "garbage"
             delay_s = s["delay_ms"] / 1000.0
             record_codes = s["record_codes"]
+            store = s["store"]
 
         def leave():
             with st.lock:
@@ -475,7 +477,7 @@ class Handler(BaseHTTPRequestHandler):
             elif fault == "garbage":
                 result = (200, GARBAGE_BODY)
             else:
-                result = self._process(body, account, seq, arrived, record_codes)
+                result = self._process(body, account, seq, arrived, record_codes, store)
         finally:
             leave()
 
@@ -497,7 +499,7 @@ class Handler(BaseHTTPRequestHandler):
             self.server.state.count_status(status)
         self._send(status, body)
 
-    def _process(self, body, account, seq, arrived, record_codes):
+    def _process(self, body, account, seq, arrived, record_codes, store=True):
         """Validate and store one upload. Returns (status, response body)."""
         try:
             doc = json.loads(body, parse_constant=_reject_constant)
@@ -512,9 +514,12 @@ class Handler(BaseHTTPRequestHandler):
         for i, rec in enumerate(records, start=1):
             verdict = validate_record(rec, record_codes)
             if verdict is None:
-                stored = dict(rec)
-                stored.update(_seq=seq, _at=arrived, _account=account)
-                accepted.append(stored)
+                if store:
+                    stored = dict(rec)
+                    stored.update(_seq=seq, _at=arrived, _account=account)
+                    accepted.append(stored)
+                else:
+                    accepted.append(None)
             else:
                 code, message = verdict
                 unprocessed.append({"status": "fail", "code": code,
@@ -525,8 +530,9 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             # Keep the store in request arrival order even when a later request (shorter
             # delay, smaller body) finishes first; within a request, order is as sent.
-            pos = bisect.bisect_right(st.records, seq, key=lambda r: r["_seq"])
-            st.records[pos:pos] = accepted
+            if store:
+                pos = bisect.bisect_right(st.records, seq, key=lambda r: r["_seq"])
+                st.records[pos:pos] = accepted
             st.records_accepted += len(accepted)
             st.records_rejected += len(unprocessed)
 

@@ -241,6 +241,10 @@ upload "{\"d\":[$EV]}"; expect "fail_next 1/2 -> 503" 503 '{"status":"fail","err
 upload "{\"d\":[$EV]}"; expect "fail_next 2/2 -> 503" 503 '"code":503'
 upload "{\"d\":[$EV]}"; expect "after fail_next -> 200" 200 '"status":"success"'
 expect_eq "failed uploads stored nothing" "$(count_records)" 1
+control '{"store":false}'
+upload "{\"d\":[$EV]}"; expect "store false: answered as ever" 200 '"status":"success"'
+expect_eq "store false: counted, not kept" "$(count_records) $(stat records_accepted)" "1 2"
+control '{"store":true}'
 control '{"fail_next":1,"fail_status":500}'
 upload "{\"d\":[$EV]}"; expect "fail_status 500" 500 '"code":500'
 upload "{\"d\":[$EV]}"; expect "after fail_status -> 200" 200 '"status":"success"'

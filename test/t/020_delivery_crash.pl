@@ -53,8 +53,8 @@ ok(wait_until(30, sub { my $p = worker_pid($node); $p ne '' && $p ne $pid }),
 standin_post($ct, '/_control', { hang => JSON::PP::false });
 ok(outbox_empty($node, 60), 'kill: the outbox drains');
 check_delivery('kill', \@k, 1000);
-like(slurp_file($node->logfile), qr/released the leases of \d+ records left in flight/,
-	'kill: the new worker released the dead one\'s leases');
+# (leases live in the worker's memory: the new worker simply sends again what the
+# dead one had in flight, which check_delivery bounds)
 
 #------------------------------------------------------------------------------
 # immediate stop and start while requests are in flight
