@@ -493,6 +493,16 @@ settings_changed(void)
 	return changed;
 }
 
+/* Connections libmicrohttpd has open now. */
+static unsigned int
+open_connections(void)
+{
+	const union MHD_DaemonInfo *info;
+
+	info = MHD_get_daemon_info(daemon_handle, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+	return info != NULL ? info->num_connections : 0;
+}
+
 /* Wait for daemon events, the latch, or timeout_ms (-1: no timeout). */
 static void
 wait_for_events(long timeout_ms)
@@ -520,7 +530,23 @@ wait_for_events(long timeout_ms)
 	CHECK_FOR_INTERRUPTS();
 
 	if (daemon_handle != NULL)
+	{
+		unsigned int before = open_connections();
+
 		MHD_run(daemon_handle);
+
+		/*
+		 * libmicrohttpd (0.9.75, epoll) takes the listening socket out of its
+		 * epoll set while CS_HTTP_CONNECTION_LIMIT connections are open, and
+		 * puts it back only at the start of an MHD_run(). When this run closed
+		 * connections, nothing else would wake us for that next run: new
+		 * connections waited in the backlog for ever, and one client that
+		 * opened 129 connections at once stopped the listener for good. One
+		 * more run puts the socket back (and costs an epoll_wait() of 0 ms).
+		 */
+		if (open_connections() < before)
+			MHD_run(daemon_handle);
+	}
 }
 
 /*

@@ -113,6 +113,25 @@ answer_error(CsTxState *state, ErrorData *edata, CsHttpAnswer *answer)
 		return;
 	}
 
+	if (state->parsing_body &&
+		ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+	{
+		/*
+		 * JSON we cannot take: nested deeper than max_stack_depth allows
+		 * (about 10,000 levels of [ or {), or beyond jsonb's size limits.
+		 * That is the sender's page, and sending it again will not help, so
+		 * it is a 400 like any other bad page, not a 500 that Mixpanel would
+		 * retry for ever. The message is PostgreSQL's ("stack depth limit
+		 * exceeded"), without its hint, which is for the server's admin.
+		 */
+		char	   *message = psprintf("request body is JSON that cannot be read as a page (too deeply nested or too large): %s",
+									   edata->message);
+
+		cs_http_answer(answer, MHD_HTTP_BAD_REQUEST, NULL, message,
+					   "body nested too deeply or too large");
+		return;
+	}
+
 	if (cs_http_shutdown_requested)
 		cs_http_answer(answer, MHD_HTTP_SERVICE_UNAVAILABLE, state->action,
 					   "the server is shutting down; retry later", "shutting down");

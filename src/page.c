@@ -281,9 +281,12 @@ parse_page_info(JsonbContainer *params, CsPage *page, char **err)
 	return true;
 }
 
-/* Read members[index] into slot. */
+/*
+ * Read members[index] into slot. key_bytes is the length of the page's
+ * project, cohort and session ids together (see CS_MAX_KEY_BYTES).
+ */
 static bool
-parse_member(JsonbValue *elem, int index, MemberSlot *slot, char **err)
+parse_member(JsonbValue *elem, int index, int key_bytes, MemberSlot *slot, char **err)
 {
 	JsonbContainer *member;
 	JsonbValue	v;
@@ -304,6 +307,12 @@ parse_member(JsonbValue *elem, int index, MemberSlot *slot, char **err)
 	id = id_text(&v, psprintf("members[%d].mixpanel_distinct_id", index), err);
 	if (id == NULL)
 		return false;
+	if (key_bytes + (int) strlen(id) > CS_MAX_KEY_BYTES)
+	{
+		*err = psprintf("members[%d].mixpanel_distinct_id is %d bytes long; with the page's project, cohort and session ids that is %d bytes, more than the %d allowed together",
+						index, (int) strlen(id), key_bytes + (int) strlen(id), CS_MAX_KEY_BYTES);
+		return false;
+	}
 	slot->distinct_id = cstring_to_text(id);
 	slot->position = index;
 
@@ -377,6 +386,7 @@ parse_members(JsonbContainer *params, CsPage *page, char **err)
 	MemberSlot *slots;
 	int			n = 0;
 	int			kept = 0;
+	int			key_bytes;
 	Datum	   *ids,
 			   *props,
 			   *fields[4];
@@ -393,13 +403,14 @@ parse_members(JsonbContainer *params, CsPage *page, char **err)
 		return false;
 	}
 
+	key_bytes = strlen(page->project_id) + strlen(page->cohort_id) + strlen(page->session_id);
 	slots = palloc(sizeof(MemberSlot) * Max(1, JsonContainerSize(v.val.binary.data)));
 	it = JsonbIteratorInit(v.val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		if (tok != WJB_ELEM)
 			continue;
-		if (!parse_member(&v, n, &slots[n], err))
+		if (!parse_member(&v, n, key_bytes, &slots[n], err))
 			return false;
 		n++;
 	}
@@ -489,6 +500,14 @@ cs_page_parse(Jsonb *body, CsPage *page)
 		(page->cohort_id = required_id(params, "mixpanel_cohort_id", &err)) == NULL ||
 		(page->session_id = required_id(params, "mixpanel_session_id", &err)) == NULL)
 		return err;
+
+	/* they are key columns together (see CS_MAX_KEY_BYTES) */
+	if (strlen(page->project_id) + strlen(page->cohort_id) + strlen(page->session_id) >
+		CS_MAX_KEY_BYTES)
+		return psprintf("parameters.mixpanel_project_id, mixpanel_cohort_id and mixpanel_session_id are %d bytes long together, more than the %d allowed",
+						(int) (strlen(page->project_id) + strlen(page->cohort_id) +
+							   strlen(page->session_id)),
+						CS_MAX_KEY_BYTES);
 
 	if (!optional_text(params, "mixpanel_cohort_name", "parameters.mixpanel_cohort_name",
 					   &page->cohort_name, &err) ||

@@ -16,6 +16,16 @@
 /* Longest project, cohort, session or member id we accept, in bytes. */
 #define CS_MAX_ID_BYTES 1024
 
+/*
+ * Longest project, cohort and session id plus one member's distinct_id, in
+ * bytes together. They are the columns of the tables' primary keys, and a
+ * btree entry must fit in a third of a page (2704 bytes): four ids of 1024
+ * bytes that do not compress made the insert fail with an SQL error (a 500
+ * through the listener, retried for ever) instead of a 400. 2600 leaves room
+ * for the varlena headers, alignment, the action and the page number.
+ */
+#define CS_MAX_KEY_BYTES 2600
+
 typedef enum CsAction
 {
 	CS_ACTION_MEMBERS,			/* full sync: the whole cohort, maybe in many pages */

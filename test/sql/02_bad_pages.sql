@@ -34,6 +34,13 @@ SELECT cohortsync.ingest(pg_temp.page('add_members', pg_temp.params() || '{"mixp
 SELECT cohortsync.ingest(pg_temp.page('add_members',
        pg_temp.params() || jsonb_build_object('mixpanel_project_id', repeat('p', 1025))));
 SELECT cohortsync.ingest(pg_temp.page('add_members', pg_temp.params() || '{"mixpanel_cohort_name": ["x"]}'));
+-- ids within 1024 bytes each, but too long together for the tables' keys
+SELECT cohortsync.ingest(pg_temp.page('add_members', pg_temp.params() || jsonb_build_object(
+       'mixpanel_project_id', repeat('p', 1000), 'mixpanel_cohort_id', repeat('c', 1000),
+       'mixpanel_session_id', repeat('s', 601))));
+SELECT cohortsync.ingest(pg_temp.page('members',
+       pg_temp.params(jsonb_build_array(jsonb_build_object('mixpanel_distinct_id', repeat('d', 1024))))
+       || jsonb_build_object('mixpanel_project_id', repeat('p', 1000), 'mixpanel_cohort_id', repeat('c', 1000))));
 -- members
 SELECT cohortsync.ingest(pg_temp.page('add_members', pg_temp.params() - 'members'));
 SELECT cohortsync.ingest(pg_temp.page('add_members', pg_temp.params('{"a": 1}')));
