@@ -38,7 +38,7 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cohortsync');
 # a paused destination: every change also goes through the outbox triggers
 $node->safe_psql('postgres',
-	"SELECT cohortsync.connect_clevertap('fz', 'ACC', 'PASS', 'eu1', 'http://127.0.0.1:9');"
+	"SELECT cohortsync.connect_clevertap('fz', 'ACC', 'cs-secret-fuzz', 'eu1', 'http://127.0.0.1:9');"
 	  . "SELECT cohortsync.pause_destination('fz', 'fuzzing')");
 $node->safe_psql('postgres', slurp_file("$ENV{CS_TOP}/test/fuzz/fuzz_case.sql"));
 

@@ -45,7 +45,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION cohortsync');
 $node->safe_psql('postgres', q{
 	BEGIN;
 	SET LOCAL log_statement = 'none';
-	SELECT cohortsync.add_webhook_user('mixpanel', 'fuzzy-horse-battery');
+	SELECT cohortsync.add_webhook_user('mixpanel', 'cs-secret-fuzzy-horse');
 	COMMIT;
 });
 
@@ -158,7 +158,7 @@ my $before = $node->safe_psql('postgres', $fingerprint_sql);
 
 # 70 s: libmicrohttpd drops some dead connections only at its 60 s idle timeout
 $r = run_fuzz('proto', '--seed', $seed, '--cases', '150', '--timeout', '70',
-	'--auth', 'mixpanel:fuzzy-horse-battery');
+	'--auth', 'mixpanel:cs-secret-fuzzy-horse');
 $c = $r->{counts};
 diag(sprintf('fuzz http protocol (seed %s): %d requests in %s s: %d answered (%s), %d closed; '
 	  . '%d health checks served during the slow client; %d idle connections opened',
@@ -178,7 +178,7 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM cohortsync.members WHERE p
 
 # still serving a valid page, with the same worker
 is( curl(
-		'-u', 'mixpanel:fuzzy-horse-battery', '-H', 'Content-Type: application/json', '--data',
+		'-u', 'mixpanel:cs-secret-fuzzy-horse', '-H', 'Content-Type: application/json', '--data',
 		'{"action": "add_members", "parameters": {"mixpanel_project_id": "after", '
 		  . '"mixpanel_cohort_id": "c", "mixpanel_session_id": "s", '
 		  . '"members": [{"mixpanel_distinct_id": "u"}]}}',
