@@ -4,3 +4,22 @@
 -- this file, so a fresh install and an upgraded one are built by the same
 -- statements. Every change after 0.1.0 goes here (never into the 0.1.0 script).
 \echo Use "ALTER EXTENSION cohortsync UPDATE TO '0.2.0'" to load this file. \quit
+
+-------------------------------------------------------------------------------
+-- Strand D (ingest speed): staged_members without the four-column unique key.
+-------------------------------------------------------------------------------
+-- Staging a full-sync page used to probe and then insert into a primary key over
+-- (project_id, cohort_id, session_id, distinct_id) for every member: two descents
+-- of an index over four text columns, over half of the cost of staging a page.
+-- Staged rows now carry the page they came with, and a page is staged with a plain
+-- INSERT: a page that arrives again first deletes the rows it staged before, and a
+-- member sent in two pages of one session counts from the higher page (the swap
+-- picks it). The index serves the page deletes and the swap's scan of one session;
+-- its keys are one per page, so deduplicated btree leaves stay small.
+-- Rows staged by 0.1.0 have no page (NULL); they are unique per member already.
+ALTER TABLE cohortsync.staged_members ADD COLUMN page_count integer;
+ALTER TABLE cohortsync.staged_members DROP CONSTRAINT staged_members_pkey;
+CREATE INDEX staged_members_page_idx
+    ON cohortsync.staged_members (project_id, cohort_id, session_id, page_count);
+COMMENT ON COLUMN cohortsync.staged_members.page_count IS
+    'The page of the session the member came with; NULL for rows staged by 0.1.0.';

@@ -12,9 +12,29 @@ SELECT cohortsync.ingest('{"action": "members",
                  "members": [{"mixpanel_distinct_id": "a", "email": "a@example.com"},
                              {"mixpanel_distinct_id": "b"}]}}');
 
+-- a full sync in flight across the upgrade: page 1 of 2 is staged by 0.1.0
+SELECT cohortsync.ingest('{"action": "members",
+  "parameters": {"mixpanel_project_id": "1001", "mixpanel_cohort_id": "u2",
+                 "mixpanel_session_id": "s2", "page_info": {"page_count": 1, "total_pages": 2},
+                 "members": [{"mixpanel_distinct_id": "c"},
+                             {"mixpanel_distinct_id": "d", "email": "old-d@example.com"}]}}');
+
 ALTER EXTENSION cohortsync UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'cohortsync';
-SELECT cohort_id, distinct_id, properties FROM cohortsync.members ORDER BY distinct_id;
+
+-- page 1 arrives again (with a new email for d), then page 2 completes the session:
+-- the rows staged before the upgrade and after it count once per member, the later wins
+SELECT cohortsync.ingest('{"action": "members",
+  "parameters": {"mixpanel_project_id": "1001", "mixpanel_cohort_id": "u2",
+                 "mixpanel_session_id": "s2", "page_info": {"page_count": 1, "total_pages": 2},
+                 "members": [{"mixpanel_distinct_id": "c"},
+                             {"mixpanel_distinct_id": "d", "email": "new-d@example.com"}]}}');
+SELECT cohortsync.ingest('{"action": "members",
+  "parameters": {"mixpanel_project_id": "1001", "mixpanel_cohort_id": "u2",
+                 "mixpanel_session_id": "s2", "page_info": {"page_count": 2, "total_pages": 2},
+                 "members": [{"mixpanel_distinct_id": "e"}]}}');
+SELECT count(*) AS staged_left FROM cohortsync.staged_members;
+SELECT cohort_id, distinct_id, email, properties FROM cohortsync.members ORDER BY cohort_id, distinct_id;
 SELECT distinct_id, change FROM cohortsync.membership_changes ORDER BY id;
 
 -- the chain of scripts reaches every released version
