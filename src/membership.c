@@ -384,6 +384,13 @@ first_bool(void)
  * staging table are stale, and then it is quadratic. Hash and merge joins are
  * linear whatever the estimates say, so the nested loop is taken off the menu.
  * work_mem is raised to maintenance_work_mem, as for other bulk operations.
+ *
+ * hash_mem_multiplier is held at 1: while the members are inserted, a hash
+ * table (the anti joins), the RETURNING tuplestore and the trigger's
+ * transition table are alive at once, each allowed work_mem; with the default
+ * multiplier of 2 the hash alone could take twice that. This keeps the
+ * backend of a ten-million-member swap within about three times
+ * maintenance_work_mem; the hash joins batch to disk beyond it.
  */
 static int
 guard_swap_plans(void)
@@ -395,6 +402,8 @@ guard_swap_plans(void)
 	(void) set_config_option("work_mem", workmem, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("enable_nestloop", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("hash_mem_multiplier", "1", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
 }
