@@ -234,15 +234,19 @@ static CsStatement unstage_page = {
 
 /*
  * A member sent in two pages of the session counts from the higher page only
- * (rows staged by 0.1.0 have no page, and are unique already). This is an anti
- * join of the session with itself on distinct_id: hashing ids and page numbers
- * is far cheaper than the unique index staging used to maintain row by row.
+ * (rows staged by 0.1.0 have no page, and are unique already). Before the swap
+ * the losing copies are deleted, usually none: one hash semi join of the
+ * session with itself on distinct_id, far cheaper than the unique index
+ * staging used to maintain row by row, and it leaves the swap's statements
+ * with one row per member, as they were written for.
  */
-#define LATEST_STAGED \
-	"     AND NOT EXISTS (SELECT FROM cohortsync.staged_members l" \
-	"                      WHERE l.project_id = $1 AND l.cohort_id = $2 AND l.session_id = $3" \
-	"                        AND l.distinct_id = s.distinct_id" \
-	"                        AND coalesce(l.page_count, 0) > coalesce(s.page_count, 0))"
+static const char *const dedup_staged_statement =
+	"DELETE FROM cohortsync.staged_members s"
+	" WHERE " STAGED_SESSION
+	"   AND EXISTS (SELECT FROM cohortsync.staged_members l"
+	"                WHERE l.project_id = $1 AND l.cohort_id = $2 AND l.session_id = $3"
+	"                  AND l.distinct_id = s.distinct_id"
+	"                  AND coalesce(l.page_count, 0) > coalesce(s.page_count, 0))";
 
 /* Insert staged members (those meeting the extra condition), recording them as added. */
 #define INSERT_STAGED(condition) \
@@ -258,46 +262,37 @@ static CsStatement unstage_page = {
 	"   (project_id, cohort_id, distinct_id, change, session_id, properties)" \
 	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined"
 
-/*
- * The three statements; latest is LATEST_STAGED where staging is by page, and
- * empty on a 0.1.0 schema, whose unique key keeps one row per member.
- */
-#define SWAP_STATEMENTS(latest) { \
-	/* who is stored but not in the new snapshot leaves */ \
-	"WITH gone AS (" \
-	"  DELETE FROM cohortsync.members m" \
-	"   WHERE m.project_id = $1 AND m.cohort_id = $2" \
-	"     AND NOT EXISTS (SELECT FROM cohortsync.staged_members s" \
-	"                      WHERE " STAGED_SESSION " AND s.distinct_id = m.distinct_id)" \
-	"  RETURNING m.distinct_id, m.properties)" \
-	" INSERT INTO cohortsync.membership_changes" \
-	"   (project_id, cohort_id, distinct_id, change, session_id, properties)" \
-	" SELECT $1, $2, distinct_id, 'removed', $3, properties FROM gone", \
-	\
-	/* who is in the snapshot but not stored joins */ \
-	INSERT_STAGED(latest \
-				  "     AND NOT EXISTS (SELECT FROM cohortsync.members m" \
-				  "                      WHERE m.project_id = $1 AND m.cohort_id = $2" \
-				  "                        AND m.distinct_id = s.distinct_id)"), \
-	\
-	/* who stays gets the fields of the snapshot; no change is recorded */ \
-	"UPDATE cohortsync.members m SET " REFRESH_FROM("s") \
-	"  FROM cohortsync.staged_members s" \
-	" WHERE " STAGED_SESSION latest \
-	"   AND m.project_id = $1 AND m.cohort_id = $2 AND m.distinct_id = s.distinct_id" \
-	"   AND " FIELDS_DIFFER("m", "s"), \
-}
+static const char *const swap_statements[] = {
+	/* who is stored but not in the new snapshot leaves */
+	"WITH gone AS ("
+	"  DELETE FROM cohortsync.members m"
+	"   WHERE m.project_id = $1 AND m.cohort_id = $2"
+	"     AND NOT EXISTS (SELECT FROM cohortsync.staged_members s"
+	"                      WHERE " STAGED_SESSION " AND s.distinct_id = m.distinct_id)"
+	"  RETURNING m.distinct_id, m.properties)"
+	" INSERT INTO cohortsync.membership_changes"
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	" SELECT $1, $2, distinct_id, 'removed', $3, properties FROM gone",
 
-static const char *const swap_statements[] = SWAP_STATEMENTS(LATEST_STAGED);
-static const char *const swap_statements_v1[] = SWAP_STATEMENTS("");
+	/* who is in the snapshot but not stored joins */
+	INSERT_STAGED("     AND NOT EXISTS (SELECT FROM cohortsync.members m"
+				  "                      WHERE m.project_id = $1 AND m.cohort_id = $2"
+				  "                        AND m.distinct_id = s.distinct_id)"),
+
+	/* who stays gets the fields of the snapshot; no change is recorded */
+	"UPDATE cohortsync.members m SET " REFRESH_FROM("s")
+	"  FROM cohortsync.staged_members s"
+	" WHERE " STAGED_SESSION
+	"   AND m.project_id = $1 AND m.cohort_id = $2 AND m.distinct_id = s.distinct_id"
+	"   AND " FIELDS_DIFFER("m", "s"),
+};
 
 /*
  * The first full sync of a cohort (or one after it emptied) has nobody to remove and
  * nobody to refresh: the staged snapshot is inserted as it is. This is the common
  * case for big cohorts, and it skips two joins over the whole snapshot.
  */
-static const char *const first_fill_statement = INSERT_STAGED(LATEST_STAGED);
-static const char *const first_fill_statement_v1 = INSERT_STAGED("");
+static const char *const first_fill_statement = INSERT_STAGED("");
 
 /*
  * Staging as 0.1.0 did it, for a library newer than the schema (the server runs
@@ -326,8 +321,15 @@ staging_by_page(void)
 	return OidIsValid(rel) && get_attnum(rel, "page_count") != InvalidAttrNumber;
 }
 
+/*
+ * Whether the cohort has no member yet. Written as "the first member in key
+ * order" so that it is one descent of the primary key whatever the plan's
+ * estimates: a plain NOT EXISTS was planned as a sequential scan that read
+ * past every member of the cohorts before this one (over a second at 1M).
+ */
 static CsStatement cohort_is_empty = {
-	"SELECT NOT EXISTS (SELECT FROM cohortsync.members WHERE " COHORT_KEY ")",
+	"SELECT count(*) = 0 FROM (SELECT FROM cohortsync.members WHERE " COHORT_KEY
+	" ORDER BY distinct_id LIMIT 1) first_member",
 	2, {TEXTOID, TEXTOID}, NULL
 };
 
@@ -415,17 +417,17 @@ swap_membership(Datum *key, CsApplyResult *result)
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
 	int			nestlevel;
 	bool		empty;
-	bool		by_page = staging_by_page();
-	const char *const *statements = by_page ? swap_statements : swap_statements_v1;
 
 	(void) run(&cohort_is_empty, key, SPI_OK_SELECT);
 	empty = first_bool();
 
 	nestlevel = guard_swap_plans();
+	if (staging_by_page() &&
+		SPI_execute_with_args(dedup_staged_statement, 3, argtypes, key, NULL, false, 0) < 0)
+		elog(ERROR, "cohortsync: swap statement failed");
 	if (empty)
 	{
-		if (SPI_execute_with_args(by_page ? first_fill_statement : first_fill_statement_v1,
-								  3, argtypes, key, NULL, false, 0) < 0)
+		if (SPI_execute_with_args(first_fill_statement, 3, argtypes, key, NULL, false, 0) < 0)
 			elog(ERROR, "cohortsync: swap statement failed");
 		result->added = SPI_processed;
 	}
@@ -433,7 +435,7 @@ swap_membership(Datum *key, CsApplyResult *result)
 	{
 		for (int i = 0; i < (int) lengthof(swap_statements); i++)
 		{
-			int			rc = SPI_execute_with_args(statements[i], 3, argtypes, key,
+			int			rc = SPI_execute_with_args(swap_statements[i], 3, argtypes, key,
 												   NULL, false, 0);
 
 			if (rc < 0)
@@ -600,8 +602,7 @@ cs_explain_swap(const char *project_id, const char *cohort_id,
 
 	for (int i = 0; i < (int) lengthof(swap_statements); i++)
 	{
-		char	   *sql = psprintf("EXPLAIN (COSTS OFF) %s",
-								   staging_by_page() ? swap_statements[i] : swap_statements_v1[i]);
+		char	   *sql = psprintf("EXPLAIN (COSTS OFF) %s", swap_statements[i]);
 
 		if (SPI_execute_with_args(sql, 3, argtypes, values, NULL, false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "cohortsync: EXPLAIN failed");
