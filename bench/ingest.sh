@@ -14,11 +14,16 @@
 #
 #   bench/ingest.sh                 RUNS=5 PAGES=40
 #   RUNS=3 PAGES=20 bench/ingest.sh quicker
+#   PARTS=2 bench/ingest.sh         only part 2 (PARTS="1 2" is the default)
+#   FS_RUNS=3                       repeats of the 1M full-sync case (median and spread)
 source "$(dirname "$0")/../scripts/lib.sh"
 
 RUNS=${RUNS:-5}
 PAGES=${PAGES:-40}
 BENCH_10M=${BENCH_10M:-0}
+PARTS=${PARTS:-1 2}
+FS_RUNS=${FS_RUNS:-3}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 cs_install_deps
 cs_build
@@ -36,6 +41,7 @@ cs_psql -f "$CS_TOP/bench/peer_ingest.sql"
 cs_log "preparing: 1M members, $((RUNS * PAGES * 6)) pages, COPY files"
 cs_psql -v runs="$RUNS" -v pages="$PAGES" -c "SET bench.dir = '$CS_WORK'" -f "$CS_TOP/bench/ingest_prep.sql"
 
+if part 1; then
 # --- 1. page ingest -------------------------------------------------------------------
 script() {   # peer kind run -> a pgbench script file
   local peer=$1 kind=$2 run=$3 f=$CS_WORK/$1-$2-$3.pgb
@@ -50,7 +56,7 @@ script() {   # peer kind run -> a pgbench script file
           echo "COPY cohortsync.members (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties) FROM '$CS_WORK/copy-add-$run-:n-members.csv' (FORMAT csv);"
           echo "COPY cohortsync.membership_changes (project_id, cohort_id, distinct_id, change, session_id, properties) FROM '$CS_WORK/copy-add-$run-:n-changes.csv' (FORMAT csv);"
         else
-          echo "COPY cohortsync.staged_members (project_id, cohort_id, session_id, distinct_id, email, phone, first_name, last_name, properties) FROM '$CS_WORK/copy-members-$run-:n-staged.csv' (FORMAT csv);"
+          echo "COPY cohortsync.staged_members (project_id, cohort_id, session_id, page_count, distinct_id, email, phone, first_name, last_name, properties) FROM '$CS_WORK/copy-members-$run-:n-staged.csv' (FORMAT csv);"
         fi
         echo "END;";;
     esac
@@ -65,6 +71,15 @@ for run in $(seq 1 "$RUNS"); do
   for kind in add members; do
     for peer in c sql copy; do
       f=$(script $peer $kind "$run")
+      # Each run of 'members' pages starts a new full sync of the cohort, which supersedes
+      # the unfinished one before it and deletes its staged rows. Left alone, the first
+      # page of a run would pay for deleting the rows another peer staged; so the earlier
+      # sessions are retired here, untimed, and every timed page does the same work.
+      if [ "$kind" = members ]; then
+        cs_psql -c "UPDATE cohortsync.sync_sessions SET state = 'superseded', superseded_at = now()
+                     WHERE cohort_id = 'big' AND action = 'members' AND state = 'receiving'" \
+                -c "DELETE FROM cohortsync.staged_members WHERE cohort_id = 'big'"
+      fi
       ( cd "$CS_WORK" && cs_as_user pgbench -n -c 1 -t "$PAGES" -f "$f" -l --log-prefix="lat-$peer-$kind-$run" ) >"$CS_WORK/pgbench.out" 2>&1 \
         || { cat "$CS_WORK/pgbench.out"; exit 1; }
       tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$CS_WORK/pgbench.out" | head -1)
@@ -98,6 +113,8 @@ for kind in add members; do
   done
 done
 echo "(vs C: C's pages/s divided by the peer's; above 1 means C is faster)"
+
+fi
 
 # --- 2. full sync end to end ------------------------------------------------------------
 cs_psql <<'EOF'
@@ -143,38 +160,53 @@ run_sampled() {
   peak_kb=$peak
 }
 
-fs_row() {  # label members churn-description peak_kb
-  local label=$1
+fs_vals() {  # label -> "total swap added removed" (seconds; swap = the last page)
+  local label=$1 total swap added removed
   read -r total swap < <(cs_as_user psql -X -qAt -F ' ' -c \
     "SELECT round(sum(ms)::numeric / 1000, 2), round((max(ms) FILTER (WHERE n = (SELECT max(n) FROM bench.fs_lat WHERE label = '$label')))::numeric / 1000, 2) FROM bench.fs_lat WHERE label = '$label'")
   read -r added removed < <(cs_as_user psql -X -qAt -F ' ' -c \
     "SELECT members_added, members_removed FROM cohortsync.sync_sessions WHERE session_id = '$label'")
-  printf '%-28s %12s %10s %10s %10s %10s %14s\n' "$2" "$3" "$added" "$removed" "$total" "$swap" "$(( $4 / 1024 ))"
+  echo "$total $swap $added $removed"
 }
 
-fs_case() {  # members pages
-  local m=$1 p=$2 tag=$3
-  cs_log "full sync of $m members ($p pages), then 1% churn, stale and fresh statistics"
-  run_sampled "fs$tag-1" "CALL bench.full_sync('fs$tag-1', 'fs$tag', 'fs$tag-1', $p, 1)"
-  local peak1=$peak_kb
-  # stale: statistics taken while staging was empty, autovacuum kept away
-  cs_psql -c "ALTER TABLE cohortsync.staged_members SET (autovacuum_enabled = off)" \
-          -c "ALTER TABLE cohortsync.members SET (autovacuum_enabled = off)" \
-          -c "ANALYZE cohortsync.staged_members" -c "ANALYZE cohortsync.members"
-  run_sampled "fs$tag-2" "CALL bench.full_sync('fs$tag-2', 'fs$tag', 'fs$tag-2', $p, $(( m / 100 + 1 )))"
-  local peak2=$peak_kb
-  cs_psql -c "ALTER TABLE cohortsync.staged_members RESET (autovacuum_enabled)" \
-          -c "ALTER TABLE cohortsync.members RESET (autovacuum_enabled)"
-  run_sampled "fs$tag-3" "CALL bench.full_sync('fs$tag-3', 'fs$tag', 'fs$tag-3', $p, 1, true)"
-  local peak3=$peak_kb
-  fs_row "fs$tag-1" "first sync" "$m" "$peak1"
-  fs_row "fs$tag-2" "1% churn, stale stats" "$m" "$peak2"
-  fs_row "fs$tag-3" "1% churn, fresh stats" "$m" "$peak3"
+# median and min-max of column $2 of file $1
+med() { sort -n <<<"$(awk -v c="$2" '{print $c}' "$1")" | awk '{v[NR] = $1} END {printf "%.2f %.2f-%.2f", v[int((NR + 1) / 2)], v[1], v[NR]}'; }
+
+fs_case() {  # members pages tag runs: each run is a new cohort, synced three times
+  local m=$1 p=$2 tag=$3 runs=$4 r c
+  for r in $(seq 1 "$runs"); do
+    c="fs$tag-$r"
+    cs_log "full sync of $m members ($p pages), then 1% churn, stale and fresh statistics (run $r of $runs)"
+    run_sampled "$c-1" "CALL bench.full_sync('$c-1', '$c', '$c-1', $p, 1)"
+    echo "$(fs_vals "$c-1") $peak_kb" >>"$CS_WORK/fs-$tag-first.txt"
+    # stale: statistics taken while staging was empty, autovacuum kept away
+    cs_psql -c "ALTER TABLE cohortsync.staged_members SET (autovacuum_enabled = off)" \
+            -c "ALTER TABLE cohortsync.members SET (autovacuum_enabled = off)" \
+            -c "ANALYZE cohortsync.staged_members" -c "ANALYZE cohortsync.members"
+    run_sampled "$c-2" "CALL bench.full_sync('$c-2', '$c', '$c-2', $p, $(( m / 100 + 1 )))"
+    echo "$(fs_vals "$c-2") $peak_kb" >>"$CS_WORK/fs-$tag-stale.txt"
+    cs_psql -c "ALTER TABLE cohortsync.staged_members RESET (autovacuum_enabled)" \
+            -c "ALTER TABLE cohortsync.members RESET (autovacuum_enabled)"
+    run_sampled "$c-3" "CALL bench.full_sync('$c-3', '$c', '$c-3', $p, 1, true)"
+    echo "$(fs_vals "$c-3") $peak_kb" >>"$CS_WORK/fs-$tag-fresh.txt"
+    # untimed: the next run starts from tables of the same size
+    cs_psql -c "DELETE FROM cohortsync.cohorts WHERE cohort_id = '$c'" -c "VACUUM cohortsync.members"
+  done
+  local k f
+  for k in first stale fresh; do
+    f=$CS_WORK/fs-$tag-$k.txt
+    printf '%-24s %10s %8s %8s %18s %18s %8s\n' "$(case $k in first) echo "first sync";; stale) echo "1% churn, stale stats";; fresh) echo "1% churn, fresh stats";; esac)" \
+      "$m" "$(head -1 "$f" | awk '{print $3}')" "$(head -1 "$f" | awk '{print $4}')" \
+      "$(med "$f" 1)" "$(med "$f" 2)" "$(awk '{if ($5 > p) p = $5} END {printf "%d", p / 1024}' "$f")"
+  done
 }
 
 echo
 echo "2. Full sync end to end (one transaction per page; swap = the last page, which triggers it)"
-printf '%-28s %12s %10s %10s %10s %10s %14s\n' case members added removed "total s" "swap s" "peak anon MB"
-fs_case 1000000 1000 1m
-[ "$BENCH_10M" = 1 ] && fs_case 10000000 10000 10m
+echo "   median and min-max over FS_RUNS=$FS_RUNS runs (10M: 1 run); peak anon = the backend's largest RssAnon"
+printf '%-24s %10s %8s %8s %18s %18s %8s\n' case members added removed "total s (spread)" "swap s (spread)" "peak MB"
+if part 2; then
+  fs_case 1000000 1000 1m "$FS_RUNS"
+  if [ "$BENCH_10M" = 1 ]; then fs_case 10000000 10000 10m 1; fi
+fi
 cs_stop_cluster

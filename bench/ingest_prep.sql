@@ -54,10 +54,10 @@ BEGIN
                                FROM jsonb_array_elements(%L::jsonb -> 'parameters' -> 'members') e)
                        TO %L (FORMAT csv)$q$, r.body, format('%s/copy-add-%s-%s-changes.csv', current_setting('bench.dir'), r.run, r.n));
     ELSE
-      EXECUTE format($q$COPY (SELECT '1001', 'big', 'copy-' || %s, e->>'mixpanel_distinct_id', e->>'email', e->>'phone_number',
+      EXECUTE format($q$COPY (SELECT '1001', 'big', 'copy-' || %s, %s, e->>'mixpanel_distinct_id', e->>'email', e->>'phone_number',
                                     e->>'first_name', e->>'last_name', e
                                FROM jsonb_array_elements(%L::jsonb -> 'parameters' -> 'members') e)
-                       TO %L (FORMAT csv)$q$, r.run, r.body, format('%s/copy-members-%s-%s-staged.csv', current_setting('bench.dir'), r.run, r.n));
+                       TO %L (FORMAT csv)$q$, r.run, r.n, r.body, format('%s/copy-members-%s-%s-staged.csv', current_setting('bench.dir'), r.run, r.n));
     END IF;
   END LOOP;
 END $$;

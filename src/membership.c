@@ -18,12 +18,14 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 
 #include "membership.h"
 
@@ -156,22 +158,34 @@ static CsStatement count_members = {
 
 /*
  * add_members: insert who is new (recording an 'added' change), refresh who
- * is already there. Both data-modifying CTEs see the same snapshot, so the
- * refresh never touches a row the insert just made.
+ * is already there and differs. The stored membership is probed once per
+ * member: the page is left-joined to it (one primary-key lookup each), and
+ * both writes work from that one answer. Who was found is refreshed through
+ * the row's ctid, a direct heap fetch; who was not is inserted. Before, a
+ * refresh UPDATE and a NOT EXISTS insert each probed the index for every
+ * member, and index descents over three text columns were a quarter of the
+ * page's cost.
+ *
+ * The ctid is stable here: every page of the cohort first locks the
+ * cohort's row (see top of file), so nothing else of cohortsync moves the
+ * member between the probe and the update; all three parts see one snapshot.
  */
 static CsStatement add_members = {
-	"WITH refreshed AS ("
+	"WITH page AS ("
+	"  SELECT p.*, m.ctid AS stored,"
+	"         m.ctid IS NOT NULL AND " FIELDS_DIFFER("m", "p") " AS stale"
+	"    FROM " PAGE_ROWS
+	"    LEFT JOIN cohortsync.members m"
+	"      ON m.project_id = $1 AND m.cohort_id = $2 AND m.distinct_id = p.distinct_id),"
+	" refreshed AS ("
 	"  UPDATE cohortsync.members m SET " REFRESH_FROM("p")
-	"   FROM " PAGE_ROWS
-	"  WHERE m.project_id = $1 AND m.cohort_id = $2 AND m.distinct_id = p.distinct_id"
-	"    AND " FIELDS_DIFFER("m", "p") "),"
+	"    FROM page p"
+	"   WHERE m.ctid = p.stored AND p.stale),"
 	" joined AS ("
 	"  INSERT INTO cohortsync.members"
 	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
-	"  SELECT $1, $2, p.* FROM " PAGE_ROWS
-	"   WHERE NOT EXISTS (SELECT FROM cohortsync.members m"
-	"                      WHERE m.project_id = $1 AND m.cohort_id = $2"
-	"                        AND m.distinct_id = p.distinct_id)"
+	"  SELECT $1, $2, p.distinct_id, p.email, p.phone, p.first_name, p.last_name, p.properties"
+	"    FROM page p WHERE p.stored IS NULL"
 	"  RETURNING distinct_id, properties)"
 	" INSERT INTO cohortsync.membership_changes"
 	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
@@ -191,15 +205,24 @@ static CsStatement remove_members = {
 	4, {TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID}, NULL
 };
 
-/* A page of a full sync waits in staged_members until the session is complete. */
+/*
+ * A page of a full sync waits in staged_members until the session is complete.
+ * A plain INSERT: staging has no unique key over members (see the 0.2.0
+ * upgrade script); a page that arrives again first drops what it staged
+ * before (unstage_page), and the swap counts a member sent in two pages once.
+ */
 static CsStatement stage_members = {
-	"INSERT INTO cohortsync.staged_members AS s"
-	"  (project_id, cohort_id, session_id, distinct_id, email, phone, first_name, last_name, properties)"
-	" SELECT $1, $2, $3, p.* FROM " PAGE_ROWS
-	" ON CONFLICT (project_id, cohort_id, session_id, distinct_id) DO UPDATE SET "
-	"  email = EXCLUDED.email, phone = EXCLUDED.phone, first_name = EXCLUDED.first_name,"
-	"  last_name = EXCLUDED.last_name, properties = EXCLUDED.properties",
-	9, {PAGE_ARGTYPES}, NULL
+	"INSERT INTO cohortsync.staged_members"
+	"  (project_id, cohort_id, session_id, page_count, distinct_id, email, phone,"
+	"   first_name, last_name, properties)"
+	" SELECT $1, $2, $3, $10, p.* FROM " PAGE_ROWS,
+	10, {PAGE_ARGTYPES, INT4OID}, NULL
+};
+
+static CsStatement unstage_page = {
+	"DELETE FROM cohortsync.staged_members"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND page_count = $4",
+	4, {TEXTOID, TEXTOID, TEXTOID, INT4OID}, NULL
 };
 
 /*
@@ -208,6 +231,22 @@ static CsStatement stage_members = {
  * full sync, and planning them with the actual ids is worth it.
  */
 #define STAGED_SESSION "s.project_id = $1 AND s.cohort_id = $2 AND s.session_id = $3"
+
+/*
+ * A member sent in two pages of the session counts from the higher page only
+ * (rows staged by 0.1.0 have no page, and are unique already). Before the swap
+ * the losing copies are deleted, usually none: one hash semi join of the
+ * session with itself on distinct_id, far cheaper than the unique index
+ * staging used to maintain row by row, and it leaves the swap's statements
+ * with one row per member, as they were written for.
+ */
+static const char *const dedup_staged_statement =
+	"DELETE FROM cohortsync.staged_members s"
+	" WHERE " STAGED_SESSION
+	"   AND EXISTS (SELECT FROM cohortsync.staged_members l"
+	"                WHERE l.project_id = $1 AND l.cohort_id = $2 AND l.session_id = $3"
+	"                  AND l.distinct_id = s.distinct_id"
+	"                  AND coalesce(l.page_count, 0) > coalesce(s.page_count, 0))";
 
 /* Insert staged members (those meeting the extra condition), recording them as added. */
 #define INSERT_STAGED(condition) \
@@ -255,8 +294,42 @@ static const char *const swap_statements[] = {
  */
 static const char *const first_fill_statement = INSERT_STAGED("");
 
+/*
+ * Staging as 0.1.0 did it, for a library newer than the schema (the server runs
+ * this library before ALTER EXTENSION cohortsync UPDATE has been run).
+ */
+static CsStatement stage_members_v1 = {
+	"INSERT INTO cohortsync.staged_members AS s"
+	"  (project_id, cohort_id, session_id, distinct_id, email, phone, first_name, last_name, properties)"
+	" SELECT $1, $2, $3, p.* FROM " PAGE_ROWS
+	" ON CONFLICT (project_id, cohort_id, session_id, distinct_id) DO UPDATE SET "
+	"  email = EXCLUDED.email, phone = EXCLUDED.phone, first_name = EXCLUDED.first_name,"
+	"  last_name = EXCLUDED.last_name, properties = EXCLUDED.properties",
+	9, {PAGE_ARGTYPES}, NULL
+};
+
+/*
+ * Whether staged_members has the 0.2.0 layout (staged by page). A syscache
+ * lookup per page; the answer changes when the extension is updated.
+ */
+static bool
+staging_by_page(void)
+{
+	Oid			nsp = get_namespace_oid("cohortsync", true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("staged_members", nsp) : InvalidOid;
+
+	return OidIsValid(rel) && get_attnum(rel, "page_count") != InvalidAttrNumber;
+}
+
+/*
+ * Whether the cohort has no member yet. Written as "the first member in key
+ * order" so that it is one descent of the primary key whatever the plan's
+ * estimates: a plain NOT EXISTS was planned as a sequential scan that read
+ * past every member of the cohorts before this one (over a second at 1M).
+ */
 static CsStatement cohort_is_empty = {
-	"SELECT NOT EXISTS (SELECT FROM cohortsync.members WHERE " COHORT_KEY ")",
+	"SELECT count(*) = 0 FROM (SELECT FROM cohortsync.members WHERE " COHORT_KEY
+	" ORDER BY distinct_id LIMIT 1) first_member",
 	2, {TEXTOID, TEXTOID}, NULL
 };
 
@@ -313,6 +386,13 @@ first_bool(void)
  * staging table are stale, and then it is quadratic. Hash and merge joins are
  * linear whatever the estimates say, so the nested loop is taken off the menu.
  * work_mem is raised to maintenance_work_mem, as for other bulk operations.
+ *
+ * hash_mem_multiplier is held at 1: while the members are inserted, a hash
+ * table (the anti joins), the RETURNING tuplestore and the trigger's
+ * transition table are alive at once, each allowed work_mem; with the default
+ * multiplier of 2 the hash alone could take twice that. This keeps the
+ * backend of a ten-million-member swap within about three times
+ * maintenance_work_mem; the hash joins batch to disk beyond it.
  */
 static int
 guard_swap_plans(void)
@@ -324,6 +404,8 @@ guard_swap_plans(void)
 	(void) set_config_option("work_mem", workmem, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("enable_nestloop", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("hash_mem_multiplier", "1", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
 }
@@ -340,6 +422,9 @@ swap_membership(Datum *key, CsApplyResult *result)
 	empty = first_bool();
 
 	nestlevel = guard_swap_plans();
+	if (staging_by_page() &&
+		SPI_execute_with_args(dedup_staged_statement, 3, argtypes, key, NULL, false, 0) < 0)
+		elog(ERROR, "cohortsync: swap statement failed");
 	if (empty)
 	{
 		if (SPI_execute_with_args(first_fill_statement, 3, argtypes, key, NULL, false, 0) < 0)
@@ -451,6 +536,21 @@ cs_apply_page(const CsPage *page, CsApplyResult *result)
 	switch (page->action)
 	{
 		case CS_ACTION_MEMBERS:
+			if (!staging_by_page())
+			{
+				(void) run(&stage_members_v1, values, SPI_OK_INSERT);
+				if (complete)
+					swap_membership(values, result);
+				break;
+			}
+			if (result->duplicate_page)
+			{
+				Datum		page_key[4] = {values[0], values[1], values[2],
+				Int32GetDatum(page->page_count)};
+
+				(void) run(&unstage_page, page_key, SPI_OK_DELETE);
+			}
+			values[9] = Int32GetDatum(page->page_count);
 			(void) run(&stage_members, values, SPI_OK_INSERT);
 			if (complete)
 				swap_membership(values, result);

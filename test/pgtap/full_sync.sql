@@ -2,7 +2,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(28);
+SELECT plan(32);
 
 -- A three-page session delivered out of order, with page 2 twice.
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's1', ARRAY['g', 'h', 'i'], 3, 3)), 'success', 'page 3 of 3 first');
@@ -49,6 +49,15 @@ SELECT is(pg_temp.ingest(pg_temp.page('members', 'c1', 's3', ARRAY['r'], 2, 2)),
 SELECT is(pg_temp.members_of('c1'), ARRAY['a'], 'the superseded session never applies');
 SELECT results_eq($$SELECT session_id COLLATE "default", state FROM cohortsync.sync_sessions WHERE session_id IN ('s3', 's4') ORDER BY 1$$,
                   $$VALUES ('s3', 'superseded'), ('s4', 'completed')$$, 'session states');
+
+-- A member sent in two pages of one session counts once, with the fields of the higher page.
+SELECT is(pg_temp.ingest(jsonb_set(pg_temp.page('members', 'c2', 'd1', ARRAY['x', 'y'], 2, 2),
+                          '{parameters,members,0,email}', '"page2-x@example.com"')), 'success', 'd1 page 2 first');
+SELECT is(pg_temp.ingest(pg_temp.page('members', 'c2', 'd1', ARRAY['w', 'x'], 1, 2)), 'success', 'd1 page 1 completes it');
+SELECT results_eq($$SELECT distinct_id COLLATE "default", email FROM cohortsync.members WHERE cohort_id = 'c2' ORDER BY 1$$,
+                  $$VALUES ('w', 'w@example.com'), ('x', 'page2-x@example.com'), ('y', 'y@example.com')$$,
+                  'x is a member once, as page 2 sent it');
+SELECT is(pg_temp.changes_of('c2'), ARRAY['added:w', 'added:x', 'added:y'], 'one added change per member');
 
 -- Deleting a cohort removes its members and staged rows (the cascade, set-based).
 SELECT pg_temp.ingest(pg_temp.page('members', 'c1', 's5', ARRAY['p'], 1, 2));
