@@ -64,6 +64,7 @@ standin_accepted() { standin GET /_stats | sed -n 's/.*"records_accepted":\([0-9
 standin_field() { standin GET /_stats | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 
 cs_start_cluster <<'EOF'
+fsync = on
 shared_buffers = 1GB
 max_wal_size = 16GB
 checkpoint_timeout = 30min
@@ -259,7 +260,7 @@ col() { awk -v l="$1" -v c="$2" '$1 == l {print $c}' "$drains"; }
 med() { col "$1" "$2" | med_spread | awk '{print $1}'; }
 echo
 echo "Command: RUNS=$RUNS THRU_CHANGES=$THRU_CHANGES BACKLOG=$BACKLOG LAT_N=$LAT_N LAT_GAP=$LAT_GAP IDLE_S=$IDLE_S bench/delivery.sh"
-echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); PostgreSQL $("$CS_BIN/postgres" --version | awk '{print $3}'), fsync off, shared_buffers 1GB; stand-in: test/standin, Python $(python3 -c 'import platform; print(platform.python_version())'); $(date -u '+%F %H:%M UTC')"
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); PostgreSQL $("$CS_BIN/postgres" --version | awk '{print $3}'), fsync on, shared_buffers 1GB; stand-in: test/standin, Python $(python3 -c 'import platform; print(platform.python_version())'); $(date -u '+%F %H:%M UTC')"
 echo "Other PostgreSQL servers running on the machine at the start: $others_at_start (their CPU shows in the 'others' columns below)"
 echo
 echo "3. Throughput: a backlog of $((THRU_CHANGES * 2)) records ($THRU_CHANGES changes) drained to the stand-in, $RUNS runs each"
