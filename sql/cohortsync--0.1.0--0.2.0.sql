@@ -327,9 +327,25 @@ COMMENT ON COLUMN cohortsync.staged_members.page_count IS
     'The page of the session the member came with; NULL for rows staged by 0.1.0.';
 
 -------------------------------------------------------------------------------
--- Ingest speed: the outbox triggers return at once when no destination is
--- connected. Same bodies as 0.1.0 otherwise.
+-- The outbox triggers, again: they return at once when no destination is
+-- connected (building records for nobody was ~4 s of a 1M-member swap), and
+-- they key an identity too long for a btree entry by its hash (below).
 -------------------------------------------------------------------------------
+
+-- outbox.identity is the per-identity order key, in outbox_identity_idx. An
+-- identity is the member's identity property (e.g. $CleverTap_user_id), which
+-- the page does not bound; one over ~2.7 kB cannot be an index entry, and the
+-- whole page failed with an SQL error (a 500 Mixpanel retries for ever). Such
+-- an identity is keyed by its SHA-256: the same identity always gets the same
+-- key, so its order is kept. The record sent to CleverTap carries it whole.
+CREATE FUNCTION cohortsync._identity_key(identity text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN octet_length(identity) <= 1024 THEN identity
+                ELSE 'sha256:' || encode(sha256(convert_to(identity, 'UTF8')), 'hex') END
+$$;
+REVOKE ALL ON FUNCTION cohortsync._identity_key(text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION cohortsync._queue_changes()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -349,7 +365,7 @@ BEGIN
     -- OFFSET 0 keeps the planner from pulling it up into the VALUES list, which
     -- would evaluate its expressions once per reference.
     INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT x.destination, x.identity, r.record, x.change_id, r.phone_dropped
+    SELECT x.destination, cohortsync._identity_key(x.identity), r.record, x.change_id, r.phone_dropped
       FROM (SELECT d.name AS destination, m.identity, c.id AS change_id,
                    jsonb_build_object(
                        'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', d.event_name,
@@ -415,7 +431,7 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, m.identity,
+    SELECT d.name, cohortsync._identity_key(m.identity),
            jsonb_build_object('identity', m.identity, 'type', 'profile',
                               'ts', floor(extract(epoch FROM now()))::bigint,
                               'profileData', pd.profile_data),
@@ -444,3 +460,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+COMMENT ON COLUMN cohortsync.outbox.identity IS
+    'Per-identity order key: the record''s identity, or ''sha256:'' and its hash when longer than 1024 bytes.';

@@ -375,7 +375,9 @@ def m_long_ids(r, page, big):
             if isinstance(m, Obj) and r.random() < 0.5:
                 f = r.choice(['mixpanel_distinct_id', 'mixpanel_distinct_id', '$CleverTap_user_id'])
                 fp = find_key(m, f)
-                value = noise(r, r.choice([500, 1000, 1024]))
+                # an identity property is not bounded by the page: 3000 bytes of it
+                # must still be queued (keyed by its hash), never fail the page
+                value = noise(r, r.choice([500, 1000, 1024] + ([3000] if f == '$CleverTap_user_id' else [])))
                 if fp:
                     fp[1] = value
                 else:
