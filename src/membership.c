@@ -394,6 +394,14 @@ first_bool(void)
  * backend of a ten-million-member swap within about three times
  * maintenance_work_mem; the hash joins batch to disk beyond it.
  */
+/* Set a planner setting until the AtEOXact_GUC() of the current nest level. */
+static void
+set_local(const char *name, const char *value)
+{
+	(void) set_config_option(name, value, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
 static int
 guard_swap_plans(void)
 {
@@ -401,18 +409,13 @@ guard_swap_plans(void)
 	char		workmem[32];
 
 	snprintf(workmem, sizeof(workmem), "%d", maintenance_work_mem);
-	(void) set_config_option("work_mem", workmem, PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("enable_nestloop", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("hash_mem_multiplier", "1", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	set_local("work_mem", workmem);
+	set_local("enable_nestloop", "off");
+	set_local("hash_mem_multiplier", "1");
 	/* the swap reads whole sets: scans are right here (the page guard is nested) */
-	(void) set_config_option("enable_seqscan", "on", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	set_local("enable_seqscan", "on");
 	/* the disabled nested loop inflates small swaps' costs past jit_above_cost */
-	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	set_local("jit", "off");
 	return nestlevel;
 }
 
@@ -434,10 +437,8 @@ guard_page_plans(void)
 {
 	int			nestlevel = NewGUCNestLevel();
 
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	set_local("enable_seqscan", "off");
+	set_local("jit", "off");
 	return nestlevel;
 }
 
