@@ -12,15 +12,39 @@ set -euo pipefail
 CS_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=${PG_MAJOR:-15}
 
-# Debian packages the project needs: server, headers (PGXS), pgTAP, the TAP test
-# framework's Perl dependency, libcurl and libmicrohttpd, and python3 and curl for the
-# local CleverTap stand-in and the HTTP tests.
+# Debian packages the project needs, each named for what it brings (nothing is left to
+# a package's "Recommends", which are not installed):
+#   make gcc                                   the build
+#   postgresql-N postgresql-server-dev-N       server, psql, pgbench, pg_dump; PGXS and the
+#                                              TAP framework (PostgreSQL::Test::Cluster)
+#   postgresql-N-pgtap                         the pgtap extension
+#   libtap-parser-sourcehandler-pgtap-perl     pg_prove
+#   perl libipc-run-perl                       prove, HTTP::Tiny, JSON::PP; IPC::Run
+#   libcurl4-openssl-dev libmicrohttpd-dev     what the extension links with
+#   python3 curl openssl ca-certificates       the stand-ins, HTTP clients, test certificates
+#   bc                                         arithmetic in the benchmarks
 CS_PACKAGES=(
   make gcc
   "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" "postgresql-$PG_MAJOR-pgtap"
-  libipc-run-perl libcurl4-openssl-dev libmicrohttpd-dev
-  python3 curl ca-certificates openssl
+  libtap-parser-sourcehandler-pgtap-perl perl libipc-run-perl
+  libcurl4-openssl-dev libmicrohttpd-dev
+  python3 curl openssl ca-certificates bc
 )
+
+# What the scripts and tests run, and the package each comes from. cs_check_tools
+# looks for every one as the OS user that runs the tests, so that a tool missing from
+# the list above fails loudly before anything runs instead of as one odd failure later.
+CS_TOOLS=(
+  "make make" "gcc gcc" "psql postgresql-client-$PG_MAJOR" "pgbench postgresql-client-$PG_MAJOR"
+  "pg_prove libtap-parser-sourcehandler-pgtap-perl" "prove perl"
+  "python3 python3" "curl curl" "openssl openssl" "timeout coreutils" "base64 coreutils"
+  "awk mawk" "bc bc"
+)
+CS_PERL_MODULES=(
+  "IPC::Run libipc-run-perl" "HTTP::Tiny perl" "JSON::PP perl" "Digest::MD5 perl"
+  "Time::HiRes perl" "Test::More perl"
+)
+CS_PYTHON_MODULES=(ssl http.server http.client socketserver json base64 hashlib)
 
 cs_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -36,6 +60,40 @@ cs_install_deps() {
   $sudo apt-get update -qq
   # Debian's postgresql package creates and starts a "main" cluster; we never use it.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Is every tool, Perl module and Python module there for the OS user that runs the
+# tests? Prints each one missing with the package that provides it, and sets
+# CS_MISSING to how many are.
+cs_check_tools() {
+  local missing=0 entry tool pkg m
+  for entry in "${CS_TOOLS[@]}"; do
+    read -r tool pkg <<<"$entry"
+    if ! cs_as_user sh -c "command -v $tool" >/dev/null 2>&1; then
+      echo "MISSING: $tool (Debian package $pkg)" >&2; missing=$((missing + 1))
+    fi
+  done
+  for entry in "${CS_PERL_MODULES[@]}"; do
+    read -r m pkg <<<"$entry"
+    if ! cs_as_user perl -M"$m" -e 1 >/dev/null 2>&1; then
+      echo "MISSING: Perl module $m (Debian package $pkg)" >&2; missing=$((missing + 1))
+    fi
+  done
+  for m in "${CS_PYTHON_MODULES[@]}"; do
+    if ! cs_as_user python3 -c "import $m" >/dev/null 2>&1; then
+      echo "MISSING: Python module $m (Debian package python3)" >&2; missing=$((missing + 1))
+    fi
+  done
+  if [ ! -f "$("$(cs_pg_config)" --sharedir)/extension/pgtap.control" ]; then
+    echo "MISSING: the pgtap extension (Debian package postgresql-$PG_MAJOR-pgtap)" >&2
+    missing=$((missing + 1))
+  fi
+  if [ ! -f "$(dirname "$("$(cs_pg_config)" --pgxs)")/../test/perl/PostgreSQL/Test/Cluster.pm" ]; then
+    echo "MISSING: PostgreSQL::Test::Cluster (Debian package postgresql-server-dev-$PG_MAJOR)" >&2
+    missing=$((missing + 1))
+  fi
+  CS_MISSING=$missing
+  [ "$missing" -eq 0 ]
 }
 
 # The server the extension is built against.
