@@ -12,9 +12,16 @@ OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 DATA        = $(sort $(wildcard sql/cohortsync--*.sql))
 PGFILEDESC  = "cohortsync - Mixpanel cohort sync for PostgreSQL"
 
+# The version has one home, default_version in the control file; the C code
+# gets it as CS_VERSION (libcurl's User-Agent).
+EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(EXTENSION).control)
+
 PG_CONFIG  ?= pg_config
-PG_CPPFLAGS += -I$(srcdir)/src
+PG_CPPFLAGS += -I$(srcdir)/src -DCS_VERSION=\"$(EXTVERSION)\"
 SHLIB_LINK += -lcurl -lmicrohttpd
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# a new default_version must reach the objects that carry it
+$(OBJS): $(EXTENSION).control

@@ -205,7 +205,7 @@ cs_http_start(CsHttpCall *call, const char *base_url, const char *account_id,
 	if (cs_ca_file != NULL && cs_ca_file[0] != '\0')
 		curl_easy_setopt(easy, CURLOPT_CAINFO, cs_ca_file);
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, "cohortsync/0.1.0");
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "cohortsync/" CS_VERSION);
 
 	mrc = curl_multi_add_handle(multi, easy);
 	if (mrc != CURLM_OK)
