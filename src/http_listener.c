@@ -42,6 +42,7 @@
 #include "guc_common.h"
 #include "http_common.h"
 #include "http_listener.h"
+#include "pg_compat.h"
 #include "worker_db.h"
 
 #define CS_HTTP_WORKER_NAME "cohortsync http listener"
@@ -261,11 +262,7 @@ build_wait_set(int epoll_fd)
 {
 	if (wait_set != NULL)
 		FreeWaitEventSet(wait_set);
-#if PG_VERSION_NUM >= 170000
-	wait_set = CreateWaitEventSet(NULL, 3);
-#else
-	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
-#endif
+	wait_set = cs_CreateWaitEventSet(TopMemoryContext, NULL, 3);
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	if (epoll_fd >= 0)
