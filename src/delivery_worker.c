@@ -360,6 +360,7 @@ static int	known_destinations = 0; /* active destinations at the last claim */
 static bool leases_released = false;
 static bool extension_missing_logged = false;
 static TimestampTz last_error_log = 0;
+static uint32 wait_event_delivery;	/* the worker's waits, in pg_stat_activity */
 
 static int
 lease_ms(void)
@@ -968,6 +969,7 @@ cs_delivery_main(Datum main_arg)
 	}
 	pgstat_report_appname("cohortsync delivery");
 	pgstat_report_activity(STATE_IDLE, NULL);
+	wait_event_delivery = cs_wait_event_new("CohortsyncDelivery");
 
 	worker_cxt = AllocSetContextCreate(TopMemoryContext, "cohortsync delivery",
 									   ALLOCSET_DEFAULT_SIZES);
@@ -1015,7 +1017,7 @@ cs_delivery_main(Datum main_arg)
 
 		now = GetCurrentTimestamp();
 		timeout_ms = next_claim > now ? (long) ((next_claim - now + 999) / 1000) : 0;
-		woken = cs_http_wait(timeout_ms, PG_WAIT_EXTENSION);
+		woken = cs_http_wait(timeout_ms, wait_event_delivery);
 	}
 
 	/* SIGTERM: abandon what is in flight; the leases are released by the next worker */

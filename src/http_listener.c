@@ -92,6 +92,7 @@ static char *daemon_cert = NULL;	/* PEM text, when serving HTTPS */
 static char *daemon_key = NULL;
 
 static WaitEventSet *wait_set = NULL;
+static uint32 wait_event_listener;	/* our waits, in pg_stat_activity */
 
 /*
  * Split "host:port" (or "[v6-address]:port"). host "" and "*" mean every
@@ -515,7 +516,7 @@ wait_for_events(long timeout_ms)
 			timeout_ms = (long) Min(mhd_timeout, (MHD_UNSIGNED_LONG_LONG) INT_MAX);
 	}
 
-	(void) WaitEventSetWait(wait_set, timeout_ms, &event, 1, PG_WAIT_EXTENSION);
+	(void) WaitEventSetWait(wait_set, timeout_ms, &event, 1, wait_event_listener);
 	ResetLatch(MyLatch);
 
 	/*
@@ -594,6 +595,7 @@ cs_http_listener_main(Datum main_arg)
 	daemon_cxt = AllocSetContextCreate(TopMemoryContext, CS_HTTP_WORKER_NAME,
 									   ALLOCSET_SMALL_SIZES);
 	build_wait_set(-1);
+	wait_event_listener = cs_wait_event_new("CohortsyncHttpListener");
 
 	while (!cs_http_shutdown_requested)
 	{

@@ -20,6 +20,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "utils/resowner.h"
+#include "utils/wait_event.h"
 
 #if PG_VERSION_NUM < 150000
 #error "cohortsync requires PostgreSQL 15 or later"
@@ -72,6 +73,19 @@ typedef int ProcNumber;
 #else
 #define cs_CreateWaitEventSet(context, resowner, nevents) \
 	CreateWaitEventSet((context), (nevents))
+#endif
+
+/*
+ * 17 lets an extension name its waits (WaitEventExtensionNew()): they show in
+ * pg_stat_activity.wait_event under that name instead of "Extension". Before
+ * 17 every wait of an extension is PG_WAIT_EXTENSION. The name is looked up
+ * in shared memory under a lock, so a process calls this once, after it
+ * started (not in _PG_init), and keeps the result.
+ */
+#if PG_VERSION_NUM >= 170000
+#define cs_wait_event_new(name) WaitEventExtensionNew(name)
+#else
+#define cs_wait_event_new(name) ((void) (name), (uint32) PG_WAIT_EXTENSION)
 #endif
 
 /*

@@ -279,6 +279,7 @@ pg_noreturn static void
 wait_for_database(CsWorkerKind kind, const char *name)
 {
 	bool		logged = false;
+	uint32		wait_event;
 
 	/* this process never returns to the worker's own loop: our handlers */
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -289,6 +290,7 @@ wait_for_database(CsWorkerKind kind, const char *name)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	cs_workers->slots[kind].waiting_pgprocno = MyProcNumber;
 	before_shmem_exit(unpublish_waiting, Int32GetDatum(kind));
+	wait_event = cs_wait_event_new("CohortsyncWaitForDatabase");
 
 	for (;;)
 	{
@@ -323,7 +325,7 @@ wait_for_database(CsWorkerKind kind, const char *name)
 		logged = true;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 WAIT_POLL_MS, PG_WAIT_EXTENSION);
+						 WAIT_POLL_MS, wait_event);
 		ResetLatch(MyLatch);
 	}
 }
