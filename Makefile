@@ -5,6 +5,7 @@
 #   scripts/test              build, install into a throwaway copy of the server, run every test
 #
 # Every C file under src/ is one job of the extension; they are all linked into one module.
+# Supported servers: PostgreSQL 15, 16, 17 and 18 (what differs between them: src/pg_compat.h).
 
 EXTENSION   = cohortsync
 MODULE_big  = cohortsync
@@ -13,7 +14,7 @@ DATA        = $(sort $(wildcard sql/cohortsync--*.sql))
 PGFILEDESC  = "cohortsync - Mixpanel cohort sync for PostgreSQL"
 
 # The version has one home, default_version in the control file; the C code
-# gets it as CS_VERSION (libcurl's User-Agent).
+# gets it as CS_VERSION (libcurl's User-Agent, PostgreSQL 18's module magic block).
 EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(EXTENSION).control)
 
 PG_CONFIG  ?= pg_config
@@ -22,6 +23,11 @@ SHLIB_LINK += -lcurl -lmicrohttpd
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+SUPPORTED_MAJORVERSIONS = 15 16 17 18
+ifeq ($(filter $(MAJORVERSION),$(SUPPORTED_MAJORVERSIONS)),)
+$(error cohortsync supports PostgreSQL $(firstword $(SUPPORTED_MAJORVERSIONS)) to $(lastword $(SUPPORTED_MAJORVERSIONS)), not $(MAJORVERSION) (the server of $(PG_CONFIG)))
+endif
 
 # a new default_version must reach the objects that carry it
 $(OBJS): $(EXTENSION).control
