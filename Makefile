@@ -2,6 +2,7 @@
 #
 #   make                      build cohortsync.so
 #   make install              install into the server found by pg_config
+#   make installcheck         run the pg_regress suite (test/sql) against a running server
 #   scripts/test              build, install into a throwaway copy of the server, run every test
 #
 # Every C file under src/ is one job of the extension; they are all linked into one module.
@@ -12,6 +13,12 @@ MODULE_big  = cohortsync
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 DATA        = $(sort $(wildcard sql/cohortsync--*.sql))
 PGFILEDESC  = "cohortsync - Mixpanel cohort sync for PostgreSQL"
+
+# make installcheck: the pg_regress suite, test/sql/*.sql against test/expected/*.out, in
+# pg_regress's own database (contrib_regression) of a running server. Each test creates
+# the extension itself; the server need not preload the library.
+REGRESS      = $(sort $(basename $(notdir $(wildcard test/sql/*.sql))))
+REGRESS_OPTS = --inputdir=test
 
 # The version has one home, default_version in the control file; the C code
 # gets it as CS_VERSION (libcurl's User-Agent, PostgreSQL 18's module magic block).
