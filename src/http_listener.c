@@ -393,8 +393,12 @@ stop_daemon(void)
 {
 	if (daemon_handle == NULL)
 		return;
-	/* libmicrohttpd cannot stop with connections suspended: answer them */
+	/*
+	 * libmicrohttpd cannot stop with connections suspended: answer them
+	 * (503), and give the answers one chance to go out.
+	 */
 	cs_http_pool_fail_all();
+	MHD_run(daemon_handle);
 	MHD_stop_daemon(daemon_handle);
 	daemon_handle = NULL;
 	build_wait_set(-1);

@@ -92,13 +92,23 @@ typedef struct CsJobData
 	char		data[FLEXIBLE_ARRAY_MEMBER];
 } CsJobData;
 
-/* The acceptor's side of a job. */
+/*
+ * The acceptor's side of a job. While it is queued it points into its
+ * request's memory; the segment is made only when a worker takes it, so
+ * that queued requests take no shared memory.
+ */
 struct CsHttpJob
 {
 	dlist_node	node;			/* in the queue while waiting for a worker */
 	uint64		id;
 	int			slot;			/* -1 while queued */
-	dsm_segment *seg;
+	CsHttpJobKind kind;
+	bool		authenticate;
+	const char *username;		/* the request's; NULL if none */
+	const char *password;
+	const char *body;
+	size_t		len;
+	dsm_segment *seg;			/* NULL until a worker takes the job */
 	CsJobData  *data;
 	void	   *owner;			/* the request; NULL once it is gone */
 };
@@ -209,51 +219,89 @@ cs_http_pool_workers(void)
 	return n;
 }
 
-static char *
+static void
 put_string(CsJobData *data, Size *off, Size at, const char *s, Size len)
 {
 	*off = at;
 	memcpy(data->data + at, s, len);
 	data->data[at + len] = '\0';
-	return data->data + at + len + 1;
 }
 
 /*
- * Make a job for owner's request and queue it; it goes to a worker as soon
- * as one is idle, and cs_http_request_job_done(owner, job) is called when it
- * is finished (never from in here: the caller suspends the connection first).
+ * Make the job's segment: the credentials, the body and room for the answer.
+ * false (and a log line) if shared memory is short; the job is then answered
+ * 503.
+ */
+static bool
+make_segment(CsHttpJob *job)
+{
+	Size		ulen = job->username ? strlen(job->username) : 0;
+	Size		plen = job->password ? strlen(job->password) : 0;
+	Size		answer_space = job->len + CS_JOB_ANSWER_SPACE;
+	Size		size;
+	CsJobData  *data;
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	size = add_size(offsetof(CsJobData, data), ulen + plen + job->len + 3);
+	size = add_size(size, answer_space);
+	PG_TRY();
+	{
+		job->seg = dsm_create(size, DSM_CREATE_NULL_IF_MAXSEGMENTS);
+	}
+	PG_CATCH();
+	{
+		/* e.g. /dev/shm is full: this request fails, not the acceptor */
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		job->seg = NULL;
+	}
+	PG_END_TRY();
+	if (job->seg == NULL)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("cohortsync http: could not make a shared memory segment of %zu bytes for a request; answering 503",
+						(size_t) size)));
+		return false;
+	}
+	dsm_pin_mapping(job->seg);	/* ours until we detach, not a resource owner's */
+
+	data = job->data = dsm_segment_address(job->seg);
+	memset(data, 0, offsetof(CsJobData, data));
+	data->kind = job->kind;
+	data->authenticate = job->authenticate;
+	data->has_credentials = job->username != NULL && job->password != NULL;
+	put_string(data, &data->username_off, 0, job->username ? job->username : "", ulen);
+	put_string(data, &data->password_off, ulen + 1, job->password ? job->password : "", plen);
+	data->password_len = plen;
+	put_string(data, &data->body_off, ulen + plen + 2, job->body ? job->body : "", job->len);
+	data->body_len = job->len;
+	data->answer_off = ulen + plen + job->len + 3;
+	data->answer_space = answer_space;
+	return true;
+}
+
+/*
+ * Queue a job for owner's request; it goes to a worker as soon as one is
+ * idle, and cs_http_request_job_done(owner, job) is called when it is
+ * finished (never from in here: the caller suspends the connection first).
+ * The strings must stay until then, or until cs_http_pool_cancel().
  */
 CsHttpJob *
 cs_http_pool_submit(CsHttpJobKind kind, bool authenticate,
 					const char *username, const char *password,
 					const char *body, size_t len, void *owner)
 {
-	Size		ulen = username ? strlen(username) : 0;
-	Size		plen = password ? strlen(password) : 0;
-	Size		answer_space = len + CS_JOB_ANSWER_SPACE;
-	Size		size;
 	CsHttpJob  *job;
-	CsJobData  *data;
-
-	size = add_size(offsetof(CsJobData, data), ulen + plen + len + 3);
-	size = add_size(size, answer_space);
 
 	job = MemoryContextAllocZero(TopMemoryContext, sizeof(CsHttpJob));
-	job->seg = dsm_create(size, 0);
-	dsm_pin_mapping(job->seg);	/* ours until we detach, not a resource owner's */
-	data = job->data = dsm_segment_address(job->seg);
-	memset(data, 0, offsetof(CsJobData, data));
-	data->kind = kind;
-	data->authenticate = authenticate;
-	data->has_credentials = username != NULL && password != NULL;
-	put_string(data, &data->username_off, 0, username ? username : "", ulen);
-	put_string(data, &data->password_off, ulen + 1, password ? password : "", plen);
-	data->password_len = plen;
-	put_string(data, &data->body_off, ulen + plen + 2, body ? body : "", len);
-	data->body_len = len;
-	data->answer_off = ulen + plen + len + 3;
-	data->answer_space = answer_space;
-
+	job->kind = kind;
+	job->authenticate = authenticate;
+	job->username = username;
+	job->password = password;
+	job->body = body;
+	job->len = len;
 	job->id = ++next_job_id;
 	job->slot = -1;
 	job->owner = owner;
@@ -266,9 +314,12 @@ cs_http_pool_submit(CsHttpJobKind kind, bool authenticate,
 static void
 free_job(CsHttpJob *job)
 {
-	/* the password never outlives the request on our side */
-	explicit_bzero(job->data->data + job->data->password_off, job->data->password_len);
-	dsm_detach(job->seg);
+	if (job->seg != NULL)
+	{
+		/* the password never outlives the request on our side */
+		explicit_bzero(job->data->data + job->data->password_off, job->data->password_len);
+		dsm_detach(job->seg);
+	}
 	pfree(job);
 }
 
@@ -279,6 +330,53 @@ finish_job(CsHttpJob *job)
 	if (job->owner != NULL)
 		cs_http_request_job_done(job->owner, job);
 	free_job(job);
+}
+
+typedef enum CsDispatch
+{
+	CS_DISPATCH_DONE,			/* a worker has it */
+	CS_DISPATCH_BUSY,			/* no worker is idle */
+	CS_DISPATCH_FAILED			/* no shared memory for it */
+} CsDispatch;
+
+/* Give the job to an idle worker, if there is one. */
+static CsDispatch
+dispatch(CsHttpJob *job)
+{
+	for (int n = 0; n < CS_HTTP_MAX_WORKERS; n++)
+	{
+		int			i = (next_slot + n) % CS_HTTP_MAX_WORKERS;
+		CsHttpSlot *slot = &pool->slots[i];
+		bool		idle;
+
+		SpinLockAcquire(&slot->mutex);
+		idle = slot->state == CS_SLOT_IDLE && in_slot[i] == NULL;
+		SpinLockRelease(&slot->mutex);
+		if (!idle)
+			continue;
+
+		/* made outside the spinlock; the slot stays idle meanwhile: only we assign */
+		if (job->seg == NULL && !make_segment(job))
+			return CS_DISPATCH_FAILED;
+
+		SpinLockAcquire(&slot->mutex);
+		idle = slot->state == CS_SLOT_IDLE;
+		if (idle)
+		{
+			slot->state = CS_SLOT_ASSIGNED;
+			slot->job_id = job->id;
+			slot->job = dsm_segment_handle(job->seg);
+			SetLatch(slot->worker_latch);
+		}
+		SpinLockRelease(&slot->mutex);
+		if (!idle)
+			continue;			/* its worker just left */
+		job->slot = i;
+		in_slot[i] = job;
+		next_slot = (i + 1) % CS_HTTP_MAX_WORKERS;
+		return CS_DISPATCH_DONE;
+	}
+	return CS_DISPATCH_BUSY;
 }
 
 /* Take the answers of finished jobs; give queued jobs to idle workers. */
@@ -312,38 +410,13 @@ cs_http_pool_poll(void)
 	while (!dlist_is_empty(&queue))
 	{
 		CsHttpJob  *job = dlist_head_element(CsHttpJob, node, &queue);
-		bool		given = false;
+		CsDispatch	d = workers > 0 ? dispatch(job) : CS_DISPATCH_FAILED;
 
-		if (workers == 0)
-		{
-			/* nobody to do it: answered 503 (status 0) */
-			dlist_pop_head_node(&queue);
-			finish_job(job);
-			continue;
-		}
-
-		for (int n = 0; n < CS_HTTP_MAX_WORKERS && !given; n++)
-		{
-			int			i = (next_slot + n) % CS_HTTP_MAX_WORKERS;
-			CsHttpSlot *slot = &pool->slots[i];
-
-			SpinLockAcquire(&slot->mutex);
-			if (slot->state == CS_SLOT_IDLE && in_slot[i] == NULL)
-			{
-				slot->state = CS_SLOT_ASSIGNED;
-				slot->job_id = job->id;
-				slot->job = dsm_segment_handle(job->seg);
-				SetLatch(slot->worker_latch);
-				given = true;
-				job->slot = i;
-				in_slot[i] = job;
-				next_slot = (i + 1) % CS_HTTP_MAX_WORKERS;
-			}
-			SpinLockRelease(&slot->mutex);
-		}
-		if (!given)
+		if (d == CS_DISPATCH_BUSY)
 			break;				/* every worker is busy: wait for one */
 		dlist_pop_head_node(&queue);
+		if (d == CS_DISPATCH_FAILED)
+			finish_job(job);	/* nobody to do it, or no memory: a 503 */
 	}
 }
 
