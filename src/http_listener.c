@@ -213,6 +213,10 @@ cs_http_listener_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	/* PGC_POSTMASTER: only while preloading (later it is a FATAL error) */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
 	DefineCustomIntVariable("cohortsync.http_workers",
 							"Number of webhook requests served at once.",
 							"Each is a background worker with its own database connection; "
@@ -224,9 +228,6 @@ cs_http_listener_init(void)
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
-
-	if (!process_shared_preload_libraries_in_progress)
-		return;
 
 	cs_http_pool_init();
 
