@@ -17,9 +17,10 @@
 #include "delivery.h"
 #include "guc_common.h"
 #include "http_listener.h"
+#include "pg_compat.h"
 #include "worker_db.h"
 
-PG_MODULE_MAGIC;
+CS_MODULE_MAGIC;
 
 void		_PG_init(void);
 
@@ -32,9 +33,5 @@ _PG_init(void)
 	cs_delivery_init();
 	cs_http_listener_init();
 
-#if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("cohortsync");
-#else
-	EmitWarningsOnPlaceholders("cohortsync");
-#endif
 }

@@ -75,10 +75,13 @@ for my $k (1 .. $kills)
 	my $pid;
 	wait_until(60, sub { $pid = worker_pid($node); $pid ne '' });
 	usleep(500_000);
-	last unless wait_until(30, sub { standin_get($ct, '/_stats')->{in_flight} >= 1 });
 	$pid = worker_pid($node);
 	last if $pid eq '';
-	my $in_flight = standin_get($ct, '/_stats')->{in_flight};
+	# kill right after seeing requests in flight: a second look (or a query)
+	# in between can fall into the gap between two batches on a busy machine
+	my $in_flight = 0;
+	last unless wait_until(30,
+		sub { $in_flight = standin_get($ct, '/_stats')->{in_flight}; $in_flight >= 1 });
 	kill 'KILL', $pid;
 	$killed++;
 	$mid_batch++ if $in_flight >= 1;
