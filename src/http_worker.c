@@ -26,7 +26,10 @@
 #include "http_common.h"
 #include "http_listener.h"
 #include "http_pool.h"
+#include "pg_compat.h"
 #include "worker_db.h"
+
+static uint32 wait_event_worker;	/* our wait for a job, in pg_stat_activity */
 
 static void
 reload_if_asked(void)
@@ -42,7 +45,7 @@ static void
 wait_for_latch(void)
 {
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-					 PG_WAIT_EXTENSION);
+					 wait_event_worker);
 	ResetLatch(MyLatch);
 	/* a cancel between requests has nothing to cancel (see http_listener.c) */
 	QueryCancelPending = false;
@@ -60,6 +63,7 @@ cs_http_worker_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, cs_http_handle_sigterm);
 	BackgroundWorkerUnblockSignals();
+	wait_event_worker = cs_wait_event_new("CohortsyncHttpWorker");
 
 	/* off: wait for a reload that turns the listener on, unconnected */
 	while (!cs_http_shutdown_requested && cs_http_listen[0] == '\0')
