@@ -263,6 +263,29 @@ my @pages = map { start_http(body => page("p$_", "p$_-1")) } 1 .. $workers * 2;
 is(join(',', map { finish_http($_) } @pages), join(',', ('200') x ($workers * 2)),
 	'after SIGHUP: concurrent pages all answered 200 on the new port');
 
+# --- the acceptor restarts while a worker holds a request ------------------------------------------
+my $acceptor = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'cohortsync http acceptor'");
+$locker = lock_cohort('held');
+my $orphan = start_http(body => page('held', 'held-2'));
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener' AND wait_event_type = 'Lock'"),
+	'a page waits for its lock');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($acceptor)");
+isnt(finish_http($orphan), '200', 'its client gets no 200 from an acceptor that stopped');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'cohortsync http acceptor' AND pid <> $acceptor"),
+	'the acceptor is started again');
+ok(poll_http('200', path => '/healthz'), 'and serves while the worker still waits for the lock');
+$locker->query_safe('COMMIT');
+$locker->quit;
+ok($node->poll_query_until($db,
+	"SELECT count(*) = 1 FROM cohortsync.members WHERE cohort_id = 'held' AND distinct_id = 'held-2'"),
+	'the worker finished the page (Mixpanel sends it again; it is idempotent)');
+@pages = map { start_http(body => page("r$_", "r$_-1")) } 1 .. $workers * 2;
+is(join(',', map { finish_http($_) } @pages), join(',', ('200') x ($workers * 2)),
+	'every worker serves the new acceptor, the one that held the old request too');
+
 # --- http_listen emptied, then set again ----------------------------------------------------------
 $node->safe_psql('postgres', "ALTER SYSTEM SET cohortsync.http_listen = ''");
 $node->reload;
