@@ -468,6 +468,12 @@ cs_http_job_result(CsHttpJob *job, CsHttpAnswer *answer)
 {
 	CsJobData  *data = job ? job->data : NULL;
 
+	if ((data == NULL || data->status == 0) && cs_http_shutdown_requested)
+	{
+		cs_http_answer(answer, 503, NULL,
+					   "the server is shutting down; retry later", "shutting down");
+		return;
+	}
 	if (data == NULL || data->status == 0)
 	{
 		cs_http_answer(answer, 503, NULL,
