@@ -169,13 +169,21 @@ cs_http_pool_init(void)
 	shmem_startup_hook = pool_shmem_startup;
 }
 
+/*
+ * Latches are set outside the spinlocks (a system call has no place under
+ * one). A latch is a PGPROC's and outlives its process: setting it after
+ * the process has gone does nothing.
+ */
 static void
 wake_acceptor(void)
 {
+	Latch	   *latch;
+
 	SpinLockAcquire(&pool->mutex);
-	if (pool->acceptor_latch != NULL)
-		SetLatch(pool->acceptor_latch);
+	latch = pool->acceptor_latch;
 	SpinLockRelease(&pool->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /*-------------------------------------------------------------------------
@@ -348,6 +356,7 @@ dispatch(CsHttpJob *job)
 		int			i = (next_slot + n) % CS_HTTP_MAX_WORKERS;
 		CsHttpSlot *slot = &pool->slots[i];
 		bool		idle;
+		Latch	   *latch = NULL;
 
 		SpinLockAcquire(&slot->mutex);
 		idle = slot->state == CS_SLOT_IDLE && in_slot[i] == NULL;
@@ -366,11 +375,12 @@ dispatch(CsHttpJob *job)
 			slot->state = CS_SLOT_ASSIGNED;
 			slot->job_id = job->id;
 			slot->job = dsm_segment_handle(job->seg);
-			SetLatch(slot->worker_latch);
+			latch = slot->worker_latch;
 		}
 		SpinLockRelease(&slot->mutex);
 		if (!idle)
 			continue;			/* its worker just left */
+		SetLatch(latch);
 		job->slot = i;
 		in_slot[i] = job;
 		next_slot = (i + 1) % CS_HTTP_MAX_WORKERS;
