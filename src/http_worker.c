@@ -31,6 +31,10 @@
 
 static uint32 wait_event_worker;	/* our wait for a job, in pg_stat_activity */
 
+/* each worker has a slot of its own in worker_db.c too */
+StaticAssertDecl(CS_HTTP_MAX_WORKERS <= CS_MAX_WORKER_INSTANCES,
+				 "worker_db.c has fewer slots than cohortsync.http_workers allows");
+
 static void
 reload_if_asked(void)
 {
