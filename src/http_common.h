@@ -4,13 +4,17 @@
  *	  What the webhook HTTP listener's files share: a background worker
  *	  driving libmicrohttpd from its own wait loop.
  *
- * Three files share the work:
- *	  http_listener.c	  settings, the worker, the daemon and the wait loop
+ * Two kinds of process share the work. The acceptor does all of HTTP and
+ * no database work; cohortsync.http_workers database workers run the
+ * requests' transactions, one request at a time each:
+ *	  http_listener.c	  settings, the acceptor, the daemon and its wait loop
  *	  http_request.c	  libmicrohttpd's callbacks: routing, limits, answers
+ *	  http_pool.c		  requests handed to the workers as jobs, and back
+ *	  http_worker.c		  the database workers
  *	  http_transaction.c  each request's database work, in its own transaction
  *
- * Everything runs in the worker's one thread: libmicrohttpd calls us back
- * only from MHD_run(), which the wait loop calls.
+ * Every process runs in one thread: libmicrohttpd calls the acceptor back
+ * only from MHD_run(), which its wait loop calls.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,6 +36,10 @@ typedef enum MHD_Result CsMhdResult;
 typedef int CsMhdResult;
 #endif
 
+/* The database workers' backend_type; each one's name adds its number. */
+#define CS_HTTP_WORKER_NAME "cohortsync http listener"
+#define CS_HTTP_ACCEPTOR_NAME "cohortsync http acceptor"
+
 /* Settings (see cs_http_listener_init for their meaning). */
 extern char *cs_http_listen;
 extern int	cs_http_max_body;
@@ -39,6 +47,7 @@ extern char *cs_http_ssl_cert_file;
 extern char *cs_http_ssl_key_file;
 extern int	cs_http_log_level;
 extern bool cs_http_require_auth;
+extern int	cs_http_workers;
 
 /* cs_http_log_level's value for "no access log" */
 #define CS_HTTP_LOG_OFF (-1)
@@ -48,6 +57,9 @@ extern volatile sig_atomic_t cs_http_shutdown_requested;
 
 /* True while a request's transaction runs; SIGTERM then cancels it. */
 extern volatile sig_atomic_t cs_http_in_transaction;
+
+/* SIGTERM handler of the acceptor and of the database workers */
+extern void cs_http_handle_sigterm(SIGNAL_ARGS);
 
 /* http_request.c: libmicrohttpd callbacks */
 extern CsMhdResult cs_http_handle_request(void *cls, struct MHD_Connection *connection,

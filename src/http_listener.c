@@ -1,21 +1,28 @@
 /*-------------------------------------------------------------------------
  *
  * http_listener.c
- *	  The webhook HTTP listener: its settings, its background worker, and the
- *	  libmicrohttpd daemon the worker drives from its wait loop.
+ *	  The webhook HTTP listener: its settings, its acceptor (a background
+ *	  worker), and the libmicrohttpd daemon the acceptor drives from its wait
+ *	  loop.
  *
  * libmicrohttpd runs without threads of its own ("external polling"): it
  * only reads, writes and calls us back inside MHD_run(), which we call from
- * the worker's one thread when its epoll descriptor is readable or its
+ * the acceptor's one thread when its epoll descriptor is readable or its
  * timeout is due. We wait on that descriptor with a WaitEventSet, together
  * with the latch and postmaster death, so SIGTERM, SIGHUP and the latch work
  * as in any other background worker, and PostgreSQL is only ever called from
  * the thread it knows.
  *
- * The worker is registered whenever the library is preloaded. While
- * cohortsync.http_listen is empty it only waits for a reload, without
- * connecting to a database, so that the listener can be turned on and off
- * with a reload.
+ * The acceptor never waits for the database: a request's database work goes
+ * to one of cohortsync.http_workers database workers (http_pool.c,
+ * http_worker.c), its connection is suspended meanwhile, and the worker's
+ * answer wakes the acceptor through its latch. So a slow request (a lock
+ * wait, a big swap, a slow client) holds up nothing but itself.
+ *
+ * The acceptor attaches to no database: the settings, TLS and the socket are
+ * its alone, and DROP DATABASE concerns only the workers. It listens while
+ * cohortsync.http_listen is set and at least one worker is connected, so
+ * that while the database is missing nothing listens, as before.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,14 +49,12 @@
 #include "guc_common.h"
 #include "http_common.h"
 #include "http_listener.h"
+#include "http_pool.h"
 #include "pg_compat.h"
-#include "worker_db.h"
-
-#define CS_HTTP_WORKER_NAME "cohortsync http listener"
 
 /* Idle or stalled connections are closed after this many seconds. */
 #define CS_HTTP_CONNECTION_TIMEOUT 60
-/* Requests are served one at a time; more clients than this are refused. */
+/* More clients than this at once are refused. */
 #define CS_HTTP_CONNECTION_LIMIT 128
 /* After a failure to listen, try again this often (ms). */
 #define CS_HTTP_RETRY_MS 10000
@@ -63,6 +68,7 @@ char	   *cs_http_ssl_cert_file = NULL;
 char	   *cs_http_ssl_key_file = NULL;
 int			cs_http_log_level = LOG;
 bool		cs_http_require_auth = true;
+int			cs_http_workers = 4;
 
 volatile sig_atomic_t cs_http_shutdown_requested = false;
 volatile sig_atomic_t cs_http_in_transaction = false;
@@ -209,8 +215,23 @@ cs_http_listener_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	/* PGC_POSTMASTER: only while preloading (later it is a FATAL error) */
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+
+	DefineCustomIntVariable("cohortsync.http_workers",
+							"Number of webhook requests served at once.",
+							"Each is a background worker with its own database connection; "
+							"a slow request holds up only its own.",
+							&cs_http_workers,
+							4,
+							1,
+							CS_HTTP_MAX_WORKERS,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	cs_http_pool_init();
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -218,10 +239,19 @@ cs_http_listener_init(void)
 	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 5;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "cohortsync");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_http_listener_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, CS_HTTP_WORKER_NAME);
-	snprintf(worker.bgw_type, BGW_MAXLEN, CS_HTTP_WORKER_NAME);
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_http_acceptor_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, CS_HTTP_ACCEPTOR_NAME);
+	snprintf(worker.bgw_type, BGW_MAXLEN, CS_HTTP_ACCEPTOR_NAME);
 	RegisterBackgroundWorker(&worker);
+
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_http_worker_main");
+	snprintf(worker.bgw_type, BGW_MAXLEN, CS_HTTP_WORKER_NAME);
+	for (int i = 0; i < cs_http_workers; i++)
+	{
+		snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", CS_HTTP_WORKER_NAME, i + 1);
+		worker.bgw_main_arg = Int32GetDatum(i);
+		RegisterBackgroundWorker(&worker);
+	}
 }
 
 /*
@@ -229,8 +259,8 @@ cs_http_listener_init(void)
  * running (perhaps waiting for a lock) is cancelled, so that it ends soon and
  * answers 503, which Mixpanel retries.
  */
-static void
-handle_sigterm(SIGNAL_ARGS)
+void
+cs_http_handle_sigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
@@ -256,6 +286,19 @@ mhd_log(void *cls, const char *fmt, va_list ap)
 	while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
 		buf[--len] = '\0';
 	ereport(LOG, (errmsg_internal("cohortsync http: libmicrohttpd: %s", buf)));
+}
+
+/*
+ * libmicrohttpd's "cannot go on" (by default it aborts, which would restart
+ * the whole server): end this process only; the postmaster starts it again.
+ */
+static void
+mhd_panic(void *cls, const char *file, unsigned int line, const char *reason)
+{
+	ereport(FATAL,
+			(errcode(ERRCODE_INTERNAL_ERROR),
+			 errmsg("cohortsync http: libmicrohttpd failed at %s:%u: %s",
+					file ? file : "?", line, reason ? reason : "?")));
 }
 
 static void
@@ -349,6 +392,12 @@ stop_daemon(void)
 {
 	if (daemon_handle == NULL)
 		return;
+	/*
+	 * libmicrohttpd cannot stop with connections suspended: answer them
+	 * (503), and give the answers one chance to go out.
+	 */
+	cs_http_pool_fail_all();
+	MHD_run(daemon_handle);
 	MHD_stop_daemon(daemon_handle);
 	daemon_handle = NULL;
 	build_wait_set(-1);
@@ -360,7 +409,7 @@ static bool
 start_daemon(void)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(daemon_cxt);
-	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
 	struct MHD_OptionItem tls[3];
 	struct sockaddr_storage addr;
 	struct addrinfo hints;
@@ -452,8 +501,8 @@ start_daemon(void)
 	build_wait_set(MHD_get_daemon_info(daemon_handle, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd);
 
 	ereport(LOG,
-			(errmsg("cohortsync http: listening on %s (%s) for database \"%s\"",
-					daemon_listen, use_tls ? "HTTPS" : "HTTP", cs_database)));
+			(errmsg("cohortsync http: listening on %s (%s) for database \"%s\", %d workers",
+					daemon_listen, use_tls ? "HTTPS" : "HTTP", cs_database, cs_http_workers)));
 	if (!cs_http_require_auth)
 		ereport(WARNING,
 				(errmsg("cohortsync http: cohortsync.http_require_auth is off: webhook requests are not authenticated")));
@@ -527,6 +576,9 @@ wait_for_events(long timeout_ms)
 	QueryCancelPending = false;
 	CHECK_FOR_INTERRUPTS();
 
+	/* answers from the workers resume their connections; queued jobs go out */
+	cs_http_pool_poll();
+
 	if (daemon_handle != NULL)
 	{
 		unsigned int before = open_connections();
@@ -580,19 +632,53 @@ drain_and_stop(void)
 	stop_daemon();
 }
 
-void
-cs_http_listener_main(Datum main_arg)
+/* Should the daemon run? Logs when it stops for want of workers. */
+static bool
+want_daemon(void)
 {
-	bool		connected = false;
+	static bool logged_no_workers = false;
+
+	if (cs_http_listen[0] == '\0')
+	{
+		if (daemon_handle != NULL)
+			ereport(LOG,
+					(errmsg("cohortsync http: cohortsync.http_listen is empty, stopped listening")));
+		return false;
+	}
+	if (cs_http_pool_workers() == 0)
+	{
+		/* at start this is the usual moment before the workers connect */
+		if (daemon_handle != NULL && !logged_no_workers)
+			ereport(LOG,
+					(errmsg("cohortsync http: no listener worker is connected to database \"%s\", stopped listening",
+							cs_database),
+					 errdetail("Listening resumes when a worker is connected again.")));
+		logged_no_workers = daemon_handle != NULL;
+		return false;
+	}
+	logged_no_workers = false;
+	return true;
+}
+
+void
+cs_http_acceptor_main(Datum main_arg)
+{
 	TimestampTz retry_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, handle_sigterm);
+	pqsignal(SIGTERM, cs_http_handle_sigterm);
 	/* a client that hangs up must not kill us; libmicrohttpd expects this */
 	pqsignal(SIGPIPE, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
 
-	daemon_cxt = AllocSetContextCreate(TopMemoryContext, CS_HTTP_WORKER_NAME,
+	/* attached to no database: DROP DATABASE is the workers' business */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname(CS_HTTP_ACCEPTOR_NAME);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	cs_http_pool_acceptor_start();
+	MHD_set_panic_func(mhd_panic, NULL);
+
+	daemon_cxt = AllocSetContextCreate(TopMemoryContext, CS_HTTP_ACCEPTOR_NAME,
 									   ALLOCSET_SMALL_SIZES);
 	build_wait_set(-1);
 	wait_event_listener = cs_wait_event_new("CohortsyncHttpListener");
@@ -600,19 +686,6 @@ cs_http_listener_main(Datum main_arg)
 	while (!cs_http_shutdown_requested)
 	{
 		long		timeout_ms = -1;
-
-		/*
-		 * DROP DATABASE of our database: go at once, whether listening or
-		 * not (a connected worker stays connected when http_listen is
-		 * emptied). A request is served inside MHD_run(), never across this
-		 * point, so no transaction is cut short; an answer not yet sent is
-		 * lost, and Mixpanel sends the page again.
-		 */
-		if (connected && cs_worker_leave_requested(CS_WORKER_LISTENER))
-		{
-			stop_daemon();
-			cs_worker_leave(CS_WORKER_LISTENER, CS_HTTP_WORKER_NAME);
-		}
 
 		if (ConfigReloadPending)
 		{
@@ -627,31 +700,12 @@ cs_http_listener_main(Datum main_arg)
 			retry_at = 0;
 		}
 
-		if (cs_http_listen[0] == '\0')
-		{
-			if (daemon_handle != NULL)
-			{
-				stop_daemon();
-				ereport(LOG,
-						(errmsg("cohortsync http: cohortsync.http_listen is empty, stopped listening")));
-			}
-		}
+		if (!want_daemon())
+			stop_daemon();
 		else if (daemon_handle == NULL)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 
-			if (!connected)
-			{
-				/*
-				 * once: a worker cannot switch databases. While the database
-				 * does not exist this waits (and does not return): worker_db.c
-				 */
-				cs_worker_connect(CS_WORKER_LISTENER, CS_HTTP_WORKER_NAME);
-				SetConfigOption("application_name", CS_HTTP_WORKER_NAME,
-								PGC_USERSET, PGC_S_SESSION);
-				pgstat_report_activity(STATE_IDLE, NULL);
-				connected = true;
-			}
 			if (now >= retry_at && !start_daemon())
 				retry_at = TimestampTzPlusMilliseconds(now, CS_HTTP_RETRY_MS);
 			if (daemon_handle == NULL)

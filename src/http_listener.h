@@ -2,7 +2,8 @@
  *
  * http_listener.h
  *	  The webhook HTTP listener's entry points: its init function, called
- *	  from _PG_init, and its background worker's main function.
+ *	  from _PG_init, and its background workers' main functions: the acceptor
+ *	  (all of HTTP) and the database workers (each request's transactions).
  *
  * What the listener's own files share is in http_common.h.
  *
@@ -14,6 +15,7 @@
 #include "fmgr.h"
 
 extern void cs_http_listener_init(void);
-extern PGDLLEXPORT void cs_http_listener_main(Datum main_arg);
+extern PGDLLEXPORT void cs_http_acceptor_main(Datum main_arg);
+extern PGDLLEXPORT void cs_http_worker_main(Datum main_arg);
 
 #endif							/* COHORTSYNC_HTTP_LISTENER_H */

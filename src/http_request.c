@@ -10,6 +10,12 @@
  * Each request's state lives in a memory context of its own, deleted when
  * libmicrohttpd reports the request completed, whatever the outcome.
  *
+ * These callbacks run in the acceptor, which does no database work. Once a
+ * request is in, its database work (authentication, the page, the health
+ * check) goes to a database worker as a job (http_pool.c) and the connection
+ * is suspended; when the answer is back, the connection is resumed,
+ * libmicrohttpd calls us again, and we answer.
+ *
  * No PostgreSQL error may unwind through libmicrohttpd's frames, so each
  * callback catches everything.
  *
@@ -26,6 +32,7 @@
 #include "utils/timestamp.h"
 
 #include "http_common.h"
+#include "http_pool.h"
 
 /* Longest method and path kept for the access log. */
 #define CS_LOG_METHOD_BYTES 16
@@ -51,6 +58,13 @@ typedef struct CsRequest
 	size_t		received;		/* body bytes seen, kept or not */
 	bool		too_large;
 	bool		answered;
+	bool		authenticate;	/* cohortsync.http_require_auth when it started */
+	char	   *username;		/* Basic credentials, if any */
+	char	   *password;
+	struct MHD_Connection *connection;
+	CsHttpJob  *job;			/* while a worker has the request */
+	bool		job_done;		/* result holds the worker's answer */
+	CsHttpAnswer result;
 } CsRequest;
 
 /* A copy fit for a log line: clipped, and nothing but printable ASCII. */
@@ -204,17 +218,10 @@ headers_received(CsRequest *req, struct MHD_Connection *connection,
 	{
 		const char *content_length;
 
-		if (cs_http_require_auth)
-		{
-			char	   *password;
-			char	   *username = basic_credentials(connection, &password);
-
-			cs_http_authenticate(username, password, &answer);
-			if (password != NULL)
-				explicit_bzero(password, strlen(password));
-			if (answer.status != 0)
-				return respond(req, connection, &answer);
-		}
+		/* checked by the worker, with the page: it needs the database */
+		req->authenticate = cs_http_require_auth;
+		if (req->authenticate)
+			req->username = basic_credentials(connection, &req->password);
 
 		/* refuse a declared oversize body before reading any of it */
 		content_length = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
@@ -260,6 +267,11 @@ request_received(CsRequest *req, struct MHD_Connection *connection)
 	if (req->answered)
 		return MHD_YES;
 
+	if (req->job_done)
+		return respond(req, connection, &req->result);
+	if (req->job != NULL)
+		return MHD_YES;			/* cannot happen: suspended until done */
+
 	if (req->too_large)
 		cs_http_answer(&answer, MHD_HTTP_CONTENT_TOO_LARGE, NULL,
 					   psprintf("request body is larger than cohortsync.http_max_body (%zu bytes)",
@@ -268,12 +280,38 @@ request_received(CsRequest *req, struct MHD_Connection *connection)
 	else if (cs_http_shutdown_requested)
 		cs_http_answer(&answer, MHD_HTTP_SERVICE_UNAVAILABLE, NULL,
 					   "the server is shutting down; retry later", "shutting down");
-	else if (req->route == CS_ROUTE_HEALTHZ)
-		cs_http_health(&answer);
 	else
-		cs_http_ingest(req->body.data, req->body.len, &answer);
+	{
+		/* to a database worker; we are called again when it has answered */
+		req->connection = connection;
+		req->job = cs_http_pool_submit(req->route == CS_ROUTE_HEALTHZ ?
+									   CS_HTTP_JOB_HEALTH : CS_HTTP_JOB_INGEST,
+									   req->authenticate, req->username, req->password,
+									   req->body.data, req->body.len, req);
+		MHD_suspend_connection(connection);
+		return MHD_YES;
+	}
 
 	return respond(req, connection, &answer);
+}
+
+/*
+ * A worker answered req's job (job == NULL: it never will, answer 503). The
+ * answer is kept; the connection is resumed and libmicrohttpd calls us again.
+ * Called from the acceptor's loop (cs_http_pool_poll), never from inside
+ * libmicrohttpd.
+ */
+void
+cs_http_request_job_done(void *owner, CsHttpJob *job)
+{
+	CsRequest  *req = owner;
+	MemoryContext oldcxt = MemoryContextSwitchTo(req->cxt);
+
+	cs_http_job_result(job, &req->result);
+	MemoryContextSwitchTo(oldcxt);
+	req->job = NULL;
+	req->job_done = true;
+	MHD_resume_connection(req->connection);
 }
 
 CsMhdResult
@@ -346,6 +384,10 @@ cs_http_request_completed(void *cls, struct MHD_Connection *connection,
 
 	if (req == NULL)
 		return;
+	if (req->job != NULL)
+		cs_http_pool_cancel(req->job);
+	if (req->password != NULL)
+		explicit_bzero(req->password, strlen(req->password));
 	if (!req->answered)
 		access_log(req, 0, 0, "connection closed before an answer");
 	MemoryContextDelete(req->cxt);

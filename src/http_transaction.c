@@ -30,6 +30,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -474,6 +475,14 @@ health_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 
 	/* writable: take a transaction id, so that the commit writes WAL */
 	(void) GetTopTransactionId();
+
+	/*
+	 * ...but do not wait for it to reach the disk: behind the WAL of a big
+	 * swap, that wait alone could take longer than a load balancer allows,
+	 * and a health check's commit protects no data.
+	 */
+	(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	cs_http_answer(answer, MHD_HTTP_OK, NULL, NULL, NULL);
 }
 

@@ -62,12 +62,18 @@ typedef struct CsWorkerSlot
 	bool		check_database; /* the next start looks before connecting */
 } CsWorkerSlot;
 
+/* one slot per process: kind * CS_MAX_WORKER_INSTANCES + instance */
+#define CS_NUM_SLOTS (CS_NUM_WORKERS * CS_MAX_WORKER_INSTANCES)
+
 typedef struct CsWorkerShared
 {
-	CsWorkerSlot slots[CS_NUM_WORKERS];
+	CsWorkerSlot slots[CS_NUM_SLOTS];
 } CsWorkerShared;
 
 static CsWorkerShared *cs_workers = NULL;
+
+/* Which process of its kind this one is. */
+static int	my_instance = 0;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -93,7 +99,7 @@ worker_db_shmem_startup(void)
 	cs_workers = ShmemInitStruct("cohortsync workers", sizeof(CsWorkerShared), &found);
 	if (!found)
 	{
-		for (int i = 0; i < CS_NUM_WORKERS; i++)
+		for (int i = 0; i < CS_NUM_SLOTS; i++)
 		{
 			cs_workers->slots[i].pgprocno = INVALID_PROC_NUMBER;
 			cs_workers->slots[i].waiting_pgprocno = INVALID_PROC_NUMBER;
@@ -114,7 +120,7 @@ set_latch_of(ProcNumber procno)
 static bool
 any_worker_connected(void)
 {
-	for (int i = 0; i < CS_NUM_WORKERS; i++)
+	for (int i = 0; i < CS_NUM_SLOTS; i++)
 		if (cs_workers->slots[i].pgprocno != INVALID_PROC_NUMBER)
 			return true;
 	return false;
@@ -147,7 +153,7 @@ wake_waiters_at_commit(XactEvent event, void *arg)
 	if (!wake_waiters)
 		return;
 	if (event == XACT_EVENT_COMMIT)
-		for (int i = 0; i < CS_NUM_WORKERS; i++)
+		for (int i = 0; i < CS_NUM_SLOTS; i++)
 			set_latch_of(cs_workers->slots[i].waiting_pgprocno);
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 		wake_waiters = false;
@@ -165,13 +171,13 @@ worker_db_process_utility(PlannedStmt *pstmt, const char *queryString, bool read
 		drop_concerns_workers(((DropdbStmt *) parsetree)->dbname))
 	{
 		/* whatever comes of the drop, the next start looks before it connects */
-		for (int i = 0; i < CS_NUM_WORKERS; i++)
+		for (int i = 0; i < CS_NUM_SLOTS; i++)
 		{
 			cs_workers->slots[i].check_database = true;
 			cs_workers->slots[i].leave_requested = true;
 		}
 		pg_write_barrier();
-		for (int i = 0; i < CS_NUM_WORKERS; i++)
+		for (int i = 0; i < CS_NUM_SLOTS; i++)
 			set_latch_of(cs_workers->slots[i].pgprocno);
 
 		/*
@@ -225,6 +231,19 @@ cs_worker_db_init(void)
  * In the workers.
  *-------------------------------------------------------------------------
  */
+
+void
+cs_worker_set_instance(int instance)
+{
+	Assert(instance >= 0 && instance < CS_MAX_WORKER_INSTANCES);
+	my_instance = instance;
+}
+
+static int
+slot_number(CsWorkerKind kind)
+{
+	return kind * CS_MAX_WORKER_INSTANCES + my_instance;
+}
 
 static void
 unpublish_connected(int code, Datum arg)
@@ -288,8 +307,8 @@ wait_for_database(CsWorkerKind kind, const char *name)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname(name);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	cs_workers->slots[kind].waiting_pgprocno = MyProcNumber;
-	before_shmem_exit(unpublish_waiting, Int32GetDatum(kind));
+	cs_workers->slots[slot_number(kind)].waiting_pgprocno = MyProcNumber;
+	before_shmem_exit(unpublish_waiting, Int32GetDatum(slot_number(kind)));
 	wait_event = cs_wait_event_new("CohortsyncWaitForDatabase");
 
 	for (;;)
@@ -306,7 +325,7 @@ wait_for_database(CsWorkerKind kind, const char *name)
 		if (database_usable())
 		{
 			/* the next start connects straight away */
-			cs_workers->slots[kind].check_database = false;
+			cs_workers->slots[slot_number(kind)].check_database = false;
 			pg_write_barrier();
 			if (logged)
 				ereport(LOG,
@@ -341,7 +360,7 @@ cs_worker_connect(CsWorkerKind kind, const char *name)
 		BackgroundWorkerInitializeConnection(cs_database, NULL, 0);
 		return;
 	}
-	slot = &cs_workers->slots[kind];
+	slot = &cs_workers->slots[slot_number(kind)];
 
 	pg_read_barrier();
 	if (slot->check_database)
@@ -359,7 +378,7 @@ cs_worker_connect(CsWorkerKind kind, const char *name)
 	BackgroundWorkerInitializeConnection(cs_database, NULL, 0);
 
 	slot->pgprocno = MyProcNumber;
-	before_shmem_exit(unpublish_connected, Int32GetDatum(kind));
+	before_shmem_exit(unpublish_connected, Int32GetDatum(slot_number(kind)));
 	pg_memory_barrier();
 	if (!slot->leave_requested)
 		slot->check_database = false;
@@ -371,7 +390,7 @@ cs_worker_leave_requested(CsWorkerKind kind)
 	if (cs_workers == NULL)
 		return false;
 	pg_read_barrier();
-	return cs_workers->slots[kind].leave_requested;
+	return cs_workers->slots[slot_number(kind)].leave_requested;
 }
 
 void

@@ -17,8 +17,17 @@ typedef enum CsWorkerKind
 	CS_NUM_WORKERS
 } CsWorkerKind;
 
+/* Most processes of one kind (the HTTP listener has cohortsync.http_workers). */
+#define CS_MAX_WORKER_INSTANCES 64
+
 /* _PG_init, while preloading: shared memory and the DROP DATABASE hook */
 extern void cs_worker_db_init(void);
+
+/*
+ * Which of the processes of its kind the caller is (0, the default, for a
+ * kind that has one); call before cs_worker_connect.
+ */
+extern void cs_worker_set_instance(int instance);
 
 /*
  * Connect the calling background worker to cohortsync.database. When the

@@ -158,10 +158,17 @@ sub count_rows
 	return $node->safe_psql('postgres', "SELECT count(*) FROM cohortsync.$table");
 }
 
+# the acceptor: all of HTTP; the database workers do each request's transactions
 sub listener_pid
 {
 	return $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener'");
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'cohortsync http acceptor'");
+}
+
+sub worker_pids
+{
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener'");
 }
 
 sub reload_and_settle
@@ -191,10 +198,16 @@ like(slurp_file($node->logfile),
 
 set_password('mixpanel', 'cs-secret-horse-battery');
 my $pid = listener_pid();
-like($pid, qr/^\d+$/, 'listener shows in pg_stat_activity');
+like($pid, qr/^\d+$/, 'the acceptor shows in pg_stat_activity');
 is($node->safe_psql('postgres',
 		"SELECT application_name FROM pg_stat_activity WHERE pid = $pid"),
-	'cohortsync http listener', 'listener sets application_name');
+	'cohortsync http acceptor', 'the acceptor sets application_name');
+is($node->safe_psql('postgres',
+		"SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_activity"
+		  . " WHERE backend_type = 'cohortsync http listener'"),
+	join(',', map { "cohortsync http listener $_" } 1 .. 4),
+	'four listener workers (the default), each with its own application_name');
+my $workers = worker_pids();
 
 # --- authentication ------------------------------------------------------------
 ($code, $body) = post(page('add_members', '1', 'T', ['A']), auth => 'mixpanel:cs-secret-wrong', headers => "$tmp/h401");
@@ -299,7 +312,7 @@ SKIP:
 {
 	skip 'no /proc', 1 unless -r "/proc/$pid/status";
 	like(slurp_file("/proc/$pid/status"), qr/^Threads:\s+1$/m,
-		'the listener runs in one thread: libmicrohttpd is polled from the wait loop');
+		'the acceptor runs in one thread: libmicrohttpd is polled from the wait loop');
 }
 
 # --- health ----------------------------------------------------------------------------------
@@ -359,7 +372,8 @@ ok(poll_http('200', url => "http://127.0.0.1:$port2", path => '/healthz'),
 	'after SIGHUP: listening on the new port');
 ($code) = http(path => '/healthz');
 is($code, '000', 'after SIGHUP: the old port is closed');
-is(listener_pid(), $pid, 'no restart of the worker through all of that');
+is(listener_pid(), $pid, 'no restart of the acceptor through all of that');
+is(worker_pids(), $workers, 'no restart of the workers through all of that');
 
 # --- HTTPS with a self-signed certificate ----------------------------------------------------------
 my ($cert, $key) = ("$tmp/server.crt", "$tmp/server.key");
@@ -414,9 +428,11 @@ my $term = IPC::Run::start(
 	curl_cmd(auth => $auth, url => $https, cacert => $cert, body => page('add_members', 'term', 'Q', ['Y'])),
 	'>', \$termout, '2>', \my $termerr);
 ok( $node->poll_query_until('postgres',
-		"SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener'"),
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener' AND wait_event_type = 'Lock'"),
 	'a request waits for the lock');
-$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+my $waiting = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener' AND wait_event_type = 'Lock'");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($waiting)");
 $term->finish;
 ($code, $body) = parse_output($termout);
 is_failure($code, $body, '503', 'SIGTERM during a request');
@@ -426,8 +442,8 @@ $locker->quit;
 $node->safe_psql('postgres', 'ALTER SYSTEM RESET lock_timeout');
 $node->reload;
 ok( $node->poll_query_until('postgres',
-		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener' AND pid <> $pid"),
-	'the listener is started again after it was terminated');
+		"SELECT count(*) = 4 FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener' AND pid <> $waiting"),
+	'the listener worker is started again after it was terminated');
 ok(poll_http('200', url => $https, path => '/healthz', cacert => $cert), 'and answers again');
 is($node->safe_psql('postgres', "SELECT count(*) FROM cohortsync.members WHERE cohort_id = 'term'"),
 	'0', 'nothing written by the cancelled request');

@@ -72,7 +72,9 @@ sub wait_for
 sub listener_pid
 {
 	return $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener'");
+		"SELECT pid::text FROM pg_stat_activity WHERE backend_type = 'cohortsync http acceptor'"
+		  . " UNION ALL SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity"
+		  . " WHERE backend_type = 'cohortsync http listener'");
 }
 
 sub run_fuzz
@@ -95,6 +97,9 @@ sub report_failures
 }
 
 ok(wait_for('200', "http://127.0.0.1:$port/healthz"), 'listener up');
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 4 FROM pg_stat_activity WHERE backend_type = 'cohortsync http listener'"),
+	'all four listener workers up');
 my $pid = listener_pid();
 
 # --- 1. bodies ---------------------------------------------------------------------------
@@ -131,7 +136,7 @@ my @accepted = @{ $ids->('accepted_projects') };
 my @found = grep { $stored{$_} } @accepted;
 cmp_ok(scalar @found, '>', 0.9 * @accepted,
 	'accepted pages were stored under their ids: the check above can see writes');
-is(listener_pid(), $pid, 'the listener did not restart');
+is(listener_pid(), $pid, 'the listener (acceptor and workers) did not restart');
 
 # --- 2. malformed HTTP ----------------------------------------------------------------------
 $node->safe_psql('postgres', 'ALTER SYSTEM SET cohortsync.http_require_auth = on');
@@ -184,7 +189,7 @@ is( curl(
 		  . '"members": [{"mixpanel_distinct_id": "u"}]}}',
 		"http://127.0.0.1:$port/mixpanel"),
 	'200', 'a valid page is accepted after all that');
-is(listener_pid(), $pid, 'the listener did not restart');
+is(listener_pid(), $pid, 'the listener (acceptor and workers) did not restart');
 unlike(slurp_file($node->logfile), qr/terminated by signal|server process .* was terminated/,
 	'no process crashed');
 
