@@ -29,6 +29,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "tcop/tcopprot.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -42,7 +43,7 @@
 #include "guc_common.h"
 #include "worker_db.h"
 
-PGDLLEXPORT void cs_apply_main(Datum main_arg);
+PGDLLEXPORT void cs_apply_main(Datum main_arg) pg_attribute_noreturn();
 
 #define WORKER_NAME "cohortsync apply"
 
@@ -299,7 +300,7 @@ apply_queued(void)
 		do
 		{
 			CHECK_FOR_INTERRUPTS();
-			if (ShutdownRequestPending || cs_worker_leave_requested(CS_WORKER_APPLY))
+			if (cs_worker_leave_requested(CS_WORKER_APPLY))
 				return false;
 			rc = apply_one(c);
 		} while (rc > 0);
@@ -313,7 +314,13 @@ void
 cs_apply_main(Datum main_arg)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+
+	/*
+	 * SIGTERM ends the process at the next CHECK_FOR_INTERRUPTS, in the middle
+	 * of a swap too: the swap is rolled back and stays queued for the next
+	 * worker, and a shutdown does not wait for a ten-million-member swap.
+	 */
+	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
 	/* DROP DATABASE and a missing database: see worker_db.c */
@@ -336,8 +343,6 @@ cs_apply_main(Datum main_arg)
 		MemoryContextReset(loop_cxt);
 		CHECK_FOR_INTERRUPTS();
 
-		if (ShutdownRequestPending)
-			break;
 		if (cs_worker_leave_requested(CS_WORKER_APPLY))
 			cs_worker_leave(CS_WORKER_APPLY, WORKER_NAME);
 		if (ConfigReloadPending)
@@ -353,8 +358,4 @@ cs_apply_main(Datum main_arg)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 retry ? RETRY_MS : POLL_MS, PG_WAIT_EXTENSION);
 	}
-
-	ereport(LOG, (errmsg(WORKER_NAME " worker shutting down")));
-	/* exit 1, not 0: a worker terminated on its own (DROP DATABASE ... FORCE) is restarted */
-	proc_exit(1);
 }
