@@ -152,15 +152,15 @@ rss_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0;
 run_sampled() {
   local label=$1 sql=$2
   cs_as_user env PGAPPNAME="bench-$label" psql -X -q -v ON_ERROR_STOP=1 -c "$sql" >"$CS_WORK/fs.out" 2>&1 &
-  local psql_pid=$! pid="" worker peak=0 kb state=""
+  local psql_pid=$! pid="" worker peak=0 kb state="" proc
   worker=$(cs_as_user psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'cohortsync apply'")
   while [ -z "$pid" ] && kill -0 $psql_pid 2>/dev/null; do
     pid=$(cs_as_user psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'bench-$label'")
     sleep 0.05
   done
   while kill -0 $psql_pid 2>/dev/null || [ "$state" != completed ]; do
-    for p in $pid $worker; do
-      kb=$(rss_kb "$p")
+    for proc in $pid $worker; do
+      kb=$(rss_kb "$proc")
       [ -n "$kb" ] && [ "$kb" -gt "$peak" ] && peak=$kb
     done
     sleep 0.2
