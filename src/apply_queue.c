@@ -19,8 +19,8 @@
  * session), so that the two cannot deadlock.
  *
  * Used by the apply worker (one entry per transaction, skipping a cohort whose
- * row is locked) and by cohortsync.apply_pending() (everything, in the
- * caller's transaction, waiting for the locks).
+ * head entry another applier holds) and by cohortsync.apply_pending()
+ * (everything, in the caller's transaction, waiting for the locks).
  *
  *-------------------------------------------------------------------------
  */
@@ -42,7 +42,10 @@ PG_FUNCTION_INFO_V1(cohortsync_apply_pending);
 
 #define COHORT_KEY "project_id = $1 AND cohort_id = $2"
 
-/* The head of the cohort's queue, locked; nothing when another applier holds it. */
+/*
+ * The head of the cohort's queue, locked. Waiting, nothing comes back when the
+ * head was applied meanwhile; skipping, also when another applier holds it.
+ */
 #define HEAD_OF_QUEUE \
 	"SELECT id, session_id, action, distinct_ids, emails, phones, first_names," \
 	"       last_names, properties" \
