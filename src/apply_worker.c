@@ -43,7 +43,7 @@
 #include "guc_common.h"
 #include "worker_db.h"
 
-PGDLLEXPORT void cs_apply_main(Datum main_arg) pg_attribute_noreturn();
+PGDLLEXPORT void cs_apply_main(Datum main_arg);
 
 #define WORKER_NAME "cohortsync apply"
 
@@ -58,9 +58,14 @@ PGDLLEXPORT void cs_apply_main(Datum main_arg) pg_attribute_noreturn();
  * Shared memory: where committing backends find the worker's latch.
  *-------------------------------------------------------------------------
  */
+/*
+ * The worker's PGPROC, NULL when none runs. A pointer rather than a process
+ * number: the PGPROC array sits at the same address in every process, and the
+ * number's name and type differ between server versions.
+ */
 typedef struct CsApplyShared
 {
-	int			worker_pgprocno;	/* INVALID_PGPROCNO when no worker runs */
+	PGPROC	   *worker;
 } CsApplyShared;
 
 static CsApplyShared *apply_shared = NULL;
@@ -87,7 +92,7 @@ apply_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	apply_shared = ShmemInitStruct("cohortsync apply", sizeof(CsApplyShared), &found);
 	if (!found)
-		apply_shared->worker_pgprocno = INVALID_PGPROCNO;
+		apply_shared->worker = NULL;
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -101,7 +106,7 @@ static bool wake_at_commit = false;
 static void
 wake_xact_callback(XactEvent event, void *arg)
 {
-	int			procno;
+	PGPROC	   *worker;
 
 	switch (event)
 	{
@@ -110,11 +115,11 @@ wake_xact_callback(XactEvent event, void *arg)
 			if (!wake_at_commit)
 				break;
 			wake_at_commit = false;
-			procno = apply_shared->worker_pgprocno;
+			worker = apply_shared->worker;
 			pg_read_barrier();
-			/* a stale number only costs someone a spurious wake-up */
-			if (procno != INVALID_PGPROCNO)
-				SetLatch(&GetPGProcByNumber(procno)->procLatch);
+			/* a stale pointer only costs someone a spurious wake-up */
+			if (worker != NULL)
+				SetLatch(&worker->procLatch);
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -183,7 +188,7 @@ static bool extension_missing_logged = false;
 static void
 unpublish_worker(int code, Datum arg)
 {
-	apply_shared->worker_pgprocno = INVALID_PGPROCNO;
+	apply_shared->worker = NULL;
 }
 
 static void
@@ -325,7 +330,7 @@ cs_apply_main(Datum main_arg)
 
 	/* DROP DATABASE and a missing database: see worker_db.c */
 	cs_worker_connect(CS_WORKER_APPLY, WORKER_NAME);
-	apply_shared->worker_pgprocno = MyProc->pgprocno;
+	apply_shared->worker = MyProc;
 	before_shmem_exit(unpublish_worker, (Datum) 0);
 	pgstat_report_appname(WORKER_NAME);
 	pgstat_report_activity(STATE_IDLE, NULL);
