@@ -121,6 +121,9 @@ is(sql("SELECT count(*) FROM cohortsync.members WHERE cohort_id = 'a'"), '1000',
 is(sql(q{SELECT members_added || ' ' || (applying_since <= completed_at) || ' ' || (apply_duration IS NOT NULL)
            FROM cohortsync.sync_sessions WHERE session_id = 'a1'}),
 	'1000 true true', 'auto: the session says when the swap was queued, when it completed and how long it took');
+# woken by the commit of the last page, not by its 10 s poll
+cmp_ok(sql("SELECT extract(epoch FROM completed_at - applying_since) FROM cohortsync.sync_sessions WHERE session_id = 'a1'"),
+	'<', 3, 'auto: the worker was woken by the commit of the last page');
 is(sql("SELECT count(*) FROM cohortsync.apply_queue"), '0', 'auto: the queue is empty');
 exactly_once_checks('auto', 'a');
 
