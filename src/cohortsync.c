@@ -14,6 +14,7 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "apply.h"
 #include "delivery.h"
 #include "guc_common.h"
 #include "http_listener.h"
@@ -32,6 +33,7 @@ _PG_init(void)
 	cs_worker_db_init();
 	cs_delivery_init();
 	cs_http_listener_init();
+	cs_apply_init();
 
 	MarkGUCPrefixReserved("cohortsync");
 }

@@ -57,12 +57,13 @@ cohortsync_ingest(PG_FUNCTION_ARGS)
 
 	ereport(DEBUG1,
 			(errmsg_internal("cohortsync: %s page %d/%d of cohort %s: %d members, "
-							 UINT64_FORMAT " added, " UINT64_FORMAT " removed%s%s%s",
+							 UINT64_FORMAT " added, " UINT64_FORMAT " removed%s%s%s%s",
 							 page.action_name, page.page_count, page.total_pages,
 							 page.cohort_id, page.nmembers, result.added, result.removed,
 							 result.duplicate_page ? ", repeated page" : "",
 							 result.ignored ? ", session no longer receiving" : "",
-							 result.session_completed ? ", session completed" : "")));
+							 result.session_completed ? ", session completed" : "",
+							 result.queued ? ", queued to be applied in order" : "")));
 
 	PG_RETURN_DATUM(response(page.action_name, NULL));
 }

@@ -14,6 +14,11 @@
  * "is this user already a member?" tests below cannot race; pages of
  * different cohorts proceed in parallel.
  *
+ * Full syncs are applied in the background (see apply_queue.c): the page that
+ * completes one queues its swap in cohortsync.apply_queue, and while a cohort
+ * has anything queued its diff pages are queued behind it. The applier then
+ * calls cs_apply_queued() for each entry, in order, with the same statements.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -27,6 +32,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 
+#include "apply.h"
 #include "membership.h"
 
 /*
@@ -133,7 +139,7 @@ static CsStatement finish_session = {
 	7, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, BOOLOID}, NULL
 };
 
-static CsStatement count_members = {
+static CsStatement count_members_stmt = {
 	"UPDATE cohortsync.cohorts"
 	"   SET member_count = member_count + $3 - $4, last_changed_at = now()"
 	" WHERE " COHORT_KEY,
@@ -338,6 +344,56 @@ static CsStatement drop_staged = {
 	3, {TEXTOID, TEXTOID, TEXTOID}, NULL
 };
 
+/* Whether the cohort has anything queued: then its diff pages queue behind it. */
+static CsStatement cohort_has_queue = {
+	"SELECT EXISTS (SELECT FROM cohortsync.apply_queue WHERE " COHORT_KEY ")",
+	2, {TEXTOID, TEXTOID}, NULL
+};
+
+/* The page completed its full sync: queue the swap. */
+static CsStatement queue_swap = {
+	"WITH applying AS ("
+	"  UPDATE cohortsync.sync_sessions SET state = 'applying', applying_since = now()"
+	"   WHERE " COHORT_KEY " AND session_id = $3 AND action = 'members')"
+	" INSERT INTO cohortsync.apply_queue (project_id, cohort_id, session_id, action)"
+	" VALUES ($1, $2, $3, 'members')",
+	3, {TEXTOID, TEXTOID, TEXTOID}, NULL
+};
+
+/* A diff page behind a queued swap: queue its members, as bound for add/remove. */
+static CsStatement queue_page = {
+	"INSERT INTO cohortsync.apply_queue (project_id, cohort_id, session_id, action,"
+	"  distinct_ids, emails, phones, first_names, last_names, properties)"
+	" VALUES ($1, $2, $3, $10, $4, $5, $6, $7, $8, $9)",
+	10, {PAGE_ARGTYPES, TEXTOID}, NULL
+};
+
+/*
+ * The applier's lock on the cohort's row, taken before it writes the session's
+ * and the cohort's counters: in the order a page takes its locks (cohort row,
+ * then session row), so that the two never deadlock.
+ */
+static CsStatement lock_cohort = {
+	"SELECT FROM cohortsync.cohorts WHERE " COHORT_KEY " FOR NO KEY UPDATE",
+	2, {TEXTOID, TEXTOID}, NULL
+};
+
+static CsStatement get_swap_state = {
+	"SELECT state FROM cohortsync.sync_sessions"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND action = 'members'",
+	3, {TEXTOID, TEXTOID, TEXTOID}, NULL
+};
+
+/* The swap is done: the session is completed, in the swap's transaction. */
+static CsStatement complete_swap = {
+	"UPDATE cohortsync.sync_sessions"
+	"   SET members_added = members_added + $4, members_removed = members_removed + $5,"
+	"       state = 'completed', completed_at = clock_timestamp(),"
+	"       apply_duration = clock_timestamp() - $6"
+	" WHERE " COHORT_KEY " AND session_id = $3 AND action = 'members'",
+	6, {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID}, NULL
+};
+
 /* Run a kept statement; returns SPI_processed. nulls is as for SPI_execute_plan. */
 static uint64
 run_with_nulls(CsStatement *st, Datum *values, const char *nulls, int expected_rc)
@@ -483,6 +539,41 @@ swap_membership(Datum *key, CsApplyResult *result)
 	run(&drop_staged, key, SPI_OK_DELETE);
 }
 
+/* add_members or remove_members: values as for those statements. */
+static void
+apply_diff(CsAction action, Datum *values, CsApplyResult *result)
+{
+	if (action == CS_ACTION_ADD_MEMBERS)
+		result->added = run(&add_members, values, SPI_OK_INSERT);
+	else
+		result->removed = run(&remove_members, values, SPI_OK_INSERT);
+}
+
+/* The cohort's member count; values[0..1] are its key, values[2..3] are overwritten. */
+static void
+count_members(Datum *values, const CsApplyResult *result)
+{
+	if (result->added == 0 && result->removed == 0)
+		return;
+	values[2] = Int64GetDatum((int64) result->added);
+	values[3] = Int64GetDatum((int64) result->removed);
+	(void) run(&count_members_stmt, values, SPI_OK_UPDATE);
+}
+
+/*
+ * The session's counters (and its completion), then the cohort's.
+ * values[0..3] are project, cohort, session, action; the rest is overwritten.
+ */
+static void
+finish_counts(Datum *values, const CsApplyResult *result, bool complete)
+{
+	values[4] = Int64GetDatum((int64) result->added);
+	values[5] = Int64GetDatum((int64) result->removed);
+	values[6] = BoolGetDatum(complete);
+	(void) run(&finish_session, values, SPI_OK_UPDATE);
+	count_members(values, result);
+}
+
 void
 cs_apply_page(const CsPage *page, CsApplyResult *result)
 {
@@ -492,6 +583,7 @@ cs_apply_page(const CsPage *page, CsApplyResult *result)
 	bool		complete;
 	char	   *state = NULL;
 	int			nestlevel;
+	bool		background;
 
 	memset(result, 0, sizeof(CsApplyResult));
 
@@ -568,6 +660,8 @@ cs_apply_page(const CsPage *page, CsApplyResult *result)
 	values[6] = page->first_names;
 	values[7] = page->last_names;
 	values[8] = page->properties;
+	/* a schema older than 0.3.0 has no queue: swap at once, as 0.2.0 did */
+	background = cs_apply_queue_installed();
 	switch (page->action)
 	{
 		case CS_ACTION_MEMBERS:
@@ -587,29 +681,94 @@ cs_apply_page(const CsPage *page, CsApplyResult *result)
 			}
 			values[9] = Int32GetDatum(page->page_count);
 			(void) run(&stage_members, values, SPI_OK_INSERT);
-			if (complete)
+			if (complete && background)
+			{
+				(void) run(&queue_swap, values, SPI_OK_INSERT);
+				result->queued = true;
+			}
+			else if (complete)
 				swap_membership(values, result);
 			break;
 		case CS_ACTION_ADD_MEMBERS:
-			result->added = run(&add_members, values, SPI_OK_INSERT);
-			break;
 		case CS_ACTION_REMOVE_MEMBERS:
-			result->removed = run(&remove_members, values, SPI_OK_INSERT);
+			if (background)
+			{
+				(void) run(&cohort_has_queue, values, SPI_OK_SELECT);
+				result->queued = first_bool();
+			}
+			if (result->queued)
+			{
+				values[9] = CStringGetTextDatum(action);
+				(void) run(&queue_page, values, SPI_OK_INSERT);
+			}
+			else
+				apply_diff(page->action, values, result);
 			break;
 	}
 	result->session_completed = complete;
+	if (result->queued)
+		cs_apply_wake_at_commit();
 
-	/* the session's and the cohort's counters */
+	/* the session's and the cohort's counters; a queued swap completes later */
 	values[3] = CStringGetTextDatum(action);
-	values[4] = Int64GetDatum((int64) result->added);
-	values[5] = Int64GetDatum((int64) result->removed);
-	values[6] = BoolGetDatum(complete);
-	(void) run(&finish_session, values, SPI_OK_UPDATE);
-	if (result->added > 0 || result->removed > 0)
+	finish_counts(values, result,
+				  complete && !(result->queued && members_sync));
+
+	AtEOXact_GUC(true, nestlevel);
+	SPI_finish();
+}
+
+/*
+ * Apply one entry of the apply queue: the swap of a completed full sync
+ * (arrays NULL), or a diff page queued behind one (arrays: the six arrays as
+ * cs_apply_page binds them). key is project, cohort, session. The caller holds
+ * the entry's row lock and deletes it in this transaction (apply_queue.c).
+ * The swap itself runs without the cohort's row lock, so that the cohort's
+ * pages are answered meanwhile (they queue behind the entry).
+ */
+void
+cs_apply_queued(Datum *key, CsAction action, Datum *arrays, CsApplyResult *result)
+{
+	Datum		values[10];
+	int			nestlevel;
+
+	memset(result, 0, sizeof(CsApplyResult));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "cohortsync: SPI_connect failed");
+	nestlevel = guard_page_plans();
+
+	values[0] = key[0];
+	values[1] = key[1];
+	values[2] = key[2];
+	if (action == CS_ACTION_MEMBERS)
 	{
-		values[2] = values[4];
-		values[3] = values[5];
-		(void) run(&count_members, values, SPI_OK_UPDATE);
+		char	   *state = NULL;
+
+		if (run(&get_swap_state, values, SPI_OK_SELECT) > 0)
+			state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		/* the session was deleted with its cohort, or by hand: nothing to swap */
+		if (state != NULL && strcmp(state, "applying") == 0)
+		{
+			TimestampTz started = GetCurrentTimestamp();
+
+			swap_membership(values, result);
+			(void) run(&lock_cohort, values, SPI_OK_SELECT);
+			values[3] = Int64GetDatum((int64) result->added);
+			values[4] = Int64GetDatum((int64) result->removed);
+			values[5] = TimestampTzGetDatum(started);
+			(void) run(&complete_swap, values, SPI_OK_UPDATE);
+			count_members(values, result);
+			result->session_completed = true;
+		}
+	}
+	else
+	{
+		(void) run(&lock_cohort, values, SPI_OK_SELECT);
+		for (int i = 0; i < 6; i++)
+			values[3 + i] = arrays[i];
+		apply_diff(action, values, result);
+		values[3] = CStringGetTextDatum(cs_action_name(action));
+		finish_counts(values, result, false);
 	}
 
 	AtEOXact_GUC(true, nestlevel);

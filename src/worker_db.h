@@ -14,6 +14,7 @@ typedef enum CsWorkerKind
 {
 	CS_WORKER_DELIVERY,
 	CS_WORKER_LISTENER,
+	CS_WORKER_APPLY,
 	CS_NUM_WORKERS
 } CsWorkerKind;
 

@@ -29,6 +29,7 @@ SELECT matches(cohortsync.explain_swap('1001', 'big', 'b1'), '(Hash|Merge) Anti 
 
 -- and the last page completes the swap with the right result
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'big', 'b1', pg_temp.ids('u', 1000, 21000), 21, 21)), 'success', 'last page');
+SELECT cohortsync.apply_pending();   -- the swap, at once rather than in the background
 SELECT is((SELECT member_count FROM cohortsync.cohorts WHERE cohort_id = 'big'), 21000::bigint, 'all 21,000 members swapped in');
 SELECT is((SELECT members_removed FROM cohortsync.sync_sessions WHERE session_id = 'b1'), 500::bigint,
           'the 500 earlier members not in the snapshot left');

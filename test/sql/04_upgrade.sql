@@ -39,6 +39,10 @@ SELECT cohortsync.ingest('{"action": "members",
   "parameters": {"mixpanel_project_id": "1001", "mixpanel_cohort_id": "u2",
                  "mixpanel_session_id": "s2", "page_info": {"page_count": 2, "total_pages": 2},
                  "members": [{"mixpanel_distinct_id": "e"}]}}');
+-- 0.3.0 queues the swap (this database has no apply worker); apply_pending() runs it
+SELECT state, applying_since IS NOT NULL AS queued FROM cohortsync.sync_sessions WHERE session_id = 's2';
+SELECT cohortsync.apply_pending();
+SELECT state, apply_duration IS NOT NULL AS timed FROM cohortsync.sync_sessions WHERE session_id = 's2';
 SELECT count(*) AS staged_left FROM cohortsync.staged_members;
 SELECT cohort_id, distinct_id, email, properties FROM cohortsync.members ORDER BY cohort_id, distinct_id;
 SELECT distinct_id, change FROM cohortsync.membership_changes ORDER BY id;

@@ -40,6 +40,8 @@ $node->pgbench(
 		  . $page->("'members'", "'full-' || :client_id || '-' || :s",
 			"generate_series(1, 45) i WHERE i % 3 <> :a % 3"),
 	});
+# full syncs are swapped in the background; apply what is still queued now
+$node->safe_psql('postgres', 'SELECT cohortsync.apply_pending()');
 
 is( $node->safe_psql(
 		'postgres', q{
@@ -89,6 +91,7 @@ $node->start;
 $node->safe_psql('postgres',
 	$page->("'members'", "'crash-1'", "generate_series(11, 12) i")
 	  =~ s/'members', \(SELECT/'page_info', '{"total_pages": 2, "page_count": 2}'::jsonb, 'members', (SELECT/r);
+$node->safe_psql('postgres', 'SELECT cohortsync.apply_pending()');
 is( $node->safe_psql('postgres',
 		q{SELECT string_agg(distinct_id, ',' ORDER BY distinct_id COLLATE "C") FROM cohortsync.members WHERE cohort_id = 'hot'}),
 	'u1,u10,u11,u12,u2,u3,u4,u5,u6,u7,u8,u9',

@@ -120,8 +120,8 @@ sub healthz
 # the listener's database workers: cohortsync.http_workers, 4 by default
 my $listeners = 4;
 ok(wait_until(10, sub {
-	sql2("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('cohortsync delivery', 'cohortsync http listener') AND datname = 'csdb'") eq 1 + $listeners }),
-	'drop database: both workers are connected to csdb');
+	sql2("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('cohortsync delivery', 'cohortsync http listener', 'cohortsync apply') AND datname = 'csdb'") eq 2 + $listeners }),
+	'drop database: every worker is connected to csdb');
 
 standin_post($ct, '/_reset');
 standin_post($ct, '/_control', { hang => JSON::PP::true });
@@ -159,6 +159,8 @@ for my $i (1 .. $listeners)
 	like($log, qr/cohortsync http listener $i: leaving database "csdb" for DROP DATABASE/,
 		"drop database: so does listener worker $i");
 }
+like($log, qr/cohortsync apply: leaving database "csdb" for DROP DATABASE/,
+	'drop database: and the apply worker');
 
 # two restart intervals (bgw_restart_time is 5 s): a FATAL each time, before
 sleep 12;
@@ -166,11 +168,11 @@ $log = slurp_file($node2->logfile, $log_offset);
 my @fatal = $log =~ /^.*FATAL.*$/mg;
 is_deeply(\@fatal, [], 'missing database: no FATAL in the log');
 my @waiting = $log =~ /^.*database "csdb" does not exist or does not allow connections; waiting for it$/mg;
-is(scalar(@waiting), 1 + $listeners, 'missing database: one LOG line per worker') or diag explain \@waiting;
+is(scalar(@waiting), 2 + $listeners, 'missing database: one LOG line per worker') or diag explain \@waiting;
 is(sql2("SELECT string_agg(backend_type || ' ' || coalesce(datname, '-'), ', ' ORDER BY backend_type)
            FROM pg_stat_activity WHERE backend_type LIKE 'cohortsync%'"),
-	join(', ', 'cohortsync delivery -', 'cohortsync http acceptor -', ('cohortsync http listener -') x $listeners),
-	'missing database: both workers wait, attached to no database (the listener\'s acceptor never is)');
+	join(', ', 'cohortsync apply -', 'cohortsync delivery -', 'cohortsync http acceptor -', ('cohortsync http listener -') x $listeners),
+	'missing database: the workers wait, attached to no database (the listener\'s acceptor never is)');
 ok($node2->safe_psql('postgres', 'SELECT 1') eq '1', 'drop database: the server is fine');
 
 # the database comes back: the workers connect again and work
@@ -179,8 +181,8 @@ $node2->safe_psql('csdb', 'CREATE EXTENSION cohortsync');
 $node2->safe_psql('csdb', page_sql());
 $node2->safe_psql('csdb', "SELECT cohortsync.connect_clevertap('ct', 'ACC', '$PASSCODE', 'eu1', '$ct->{url}')");
 ok(wait_until(30, sub {
-	sql2("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('cohortsync delivery', 'cohortsync http listener') AND datname = 'csdb'") eq 1 + $listeners }),
-	'database back: both workers connect to it again');
+	sql2("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('cohortsync delivery', 'cohortsync http listener', 'cohortsync apply') AND datname = 'csdb'") eq 2 + $listeners }),
+	'database back: the workers connect to it again');
 like(slurp_file($node2->logfile, $log_offset), qr/cohortsync delivery: database "csdb" is there now; connecting to it/,
 	'database back: and say so');
 standin_post($ct, '/_reset');

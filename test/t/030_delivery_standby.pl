@@ -1,4 +1,5 @@
-# A streaming standby sends nothing; once promoted, it delivers. Promoted in the
+# A streaming standby sends nothing and applies no queued full sync; once
+# promoted, it applies and delivers. Promoted in the
 # middle of a backlog the primary was sending, it resumes where the primary left
 # it, without sending again what CleverTap had acknowledged.
 use strict;
@@ -21,6 +22,8 @@ $standby->append_conf('postgresql.conf', "cohortsync.database = 'csdb'\n");
 $standby->start;
 
 $primary->safe_psql('csdb', "SELECT page('add_members', 'sb', ARRAY['x1', 'x2', 'x3'], '31', 'Standby')");
+# a full sync whose swap is queued (the primary's apply worker watches "postgres")
+$primary->safe_psql('csdb', "SELECT page('members', 'sbfull', ARRAY['f1', 'f2'], '33', 'Standby full')");
 $primary->wait_for_catchup($standby);
 is($standby->safe_psql('csdb', 'SELECT count(*) FROM cohortsync.outbox'), '6',
 	'the standby has the queued records');
@@ -29,6 +32,11 @@ is($standby->safe_psql('postgres',
 	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'cohortsync delivery'"), '0',
 	'no delivery worker runs on the standby');
 is(standin_get($ct, '/_stats')->{requests}, 0, 'the standby sent nothing');
+is($standby->safe_psql('postgres',
+	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'cohortsync apply'"), '0',
+	'no apply worker runs on the standby');
+is($standby->safe_psql('csdb', "SELECT state FROM cohortsync.sync_sessions WHERE session_id = 'sbfull'"),
+	'applying', 'the standby has the full sync queued, not applied');
 
 my @waiting = slurp_file($primary->logfile) =~
   /extension "cohortsync" is not installed in database "postgres"; waiting/g;
@@ -36,9 +44,13 @@ is(scalar(@waiting), 1, 'where the extension is not installed, the worker waits 
 
 $standby->promote;
 ok(wait_until(30, sub {
+	$standby->safe_psql('csdb', "SELECT state FROM cohortsync.sync_sessions WHERE session_id = 'sbfull'")
+	  eq 'completed' }),
+	'once promoted, it applies the queued full sync');
+ok(wait_until(30, sub {
 	$standby->safe_psql('csdb', 'SELECT count(*) FROM cohortsync.outbox') eq '0' }),
 	'once promoted, it delivers');
-is(scalar(@{ delivered_records($ct) }), 6, 'all six records');
+is(scalar(@{ delivered_records($ct) }), 10, 'all ten records (two for each of the five changes)');
 
 $standby->stop;
 $primary->stop;

@@ -282,9 +282,10 @@ is($node->safe_psql('postgres',
 is_success($code, $body, 'members', 'full sync page 2 of 2');
 ($code, $body) = post(page('members', '4242', 'full', [qw(E G)], total => 2, page => 1));
 is_success($code, $body, 'members', 'full sync page 1 of 2');
-is($node->safe_psql('postgres',
-		"SELECT string_agg(distinct_id, ',' ORDER BY distinct_id) FROM cohortsync.members WHERE cohort_id = '4242'"),
-	'A,C,E,G', 'full sync replaced the membership');
+# the apply worker swaps it in the background
+ok($node->poll_query_until('postgres',
+		"SELECT string_agg(distinct_id, ',' ORDER BY distinct_id) FROM cohortsync.members WHERE cohort_id = '4242'",
+		'A,C,E,G'), 'full sync replaced the membership');
 
 # --- several clients at once ---------------------------------------------------------------
 my @clients;

@@ -168,6 +168,8 @@ ok(wait_until(30, sub { standin_get($ct, '/_stats')->{in_flight} >= 1 }),
 $node->stop('immediate');
 $bench->finish;    # its clients lost their connections
 $node->start;
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM cohortsync.apply_queue'),
+	'ingest crash: the apply worker applies the full syncs queued before the crash');
 
 is(sql(q{SELECT count(*) FROM cohortsync.sync_pages p
           WHERE p.action = 'add_members' AND p.cohort_id = '71'

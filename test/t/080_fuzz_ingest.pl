@@ -107,7 +107,8 @@ is(scalar(@bad), 0,
 unlike(slurp_file($node->logfile), qr/terminated by signal|server process .* was terminated/,
 	'no backend crashed');
 
-# the data the accepted pages left behind is consistent
+# the data the accepted pages left behind is consistent, once the queued swaps are applied
+$node->safe_psql('postgres', 'SELECT cohortsync.apply_pending()');
 is( $node->safe_psql(
 		'postgres', q{
 	SELECT count(*) FROM cohortsync.cohorts c
