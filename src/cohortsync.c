@@ -14,6 +14,7 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "change_origin.h"
 #include "delivery.h"
 #include "guc_common.h"
 #include "http_listener.h"
@@ -28,6 +29,7 @@ _PG_init(void)
 {
 	/* each part's init function goes here, before the prefix is reserved */
 	cs_define_common_gucs();
+	cs_change_origin_init();
 	cs_worker_db_init();
 	cs_delivery_init();
 	cs_http_listener_init();

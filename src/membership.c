@@ -27,6 +27,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 
+#include "change_origin.h"
 #include "membership.h"
 
 /*
@@ -416,6 +417,8 @@ guard_swap_plans(void)
 	set_local("enable_seqscan", "on");
 	/* the disabled nested loop inflates small swaps' costs past jit_above_cost */
 	set_local("jit", "off");
+	/* what the swap writes is queued for delivery (change_origin.c) */
+	cs_mark_ingest();
 	return nestlevel;
 }
 
@@ -439,6 +442,8 @@ guard_page_plans(void)
 
 	set_local("enable_seqscan", "off");
 	set_local("jit", "off");
+	/* what the page writes is queued for delivery (change_origin.c) */
+	cs_mark_ingest();
 	return nestlevel;
 }
 

@@ -1,0 +1,232 @@
+-- cohortsync 0.2.0 -> 0.3.0
+--
+-- Operations (issue #12): dump and restore, a status that tells the truth,
+-- bounded history, and the version of the library and of the SQL objects.
+-- CREATE EXTENSION runs 0.1.0, then 0.1.0--0.2.0, then this file.
+\echo Use "ALTER EXTENSION cohortsync UPDATE TO '0.3.0'" to load this file. \quit
+
+-------------------------------------------------------------------------------
+-- Dump and restore (issue #12, part 1).
+--
+-- pg_restore COPYs membership_changes back into a database where CREATE
+-- EXTENSION has just made the outbox triggers, and the statement-level
+-- trigger queued the whole history again: the COPY of the dumped outbox then
+-- failed on its primary key (pg_restore exit 1), and with an empty dumped
+-- queue every old change was sent again, even to destinations connected after
+-- it. The triggers now queue only what cohortsync itself records: ingest sets
+-- cohortsync.queue_changes for its own statements (src/change_origin.c). A
+-- restore's COPY, or any other write to the tables, queues nothing; users' own
+-- triggers on the tables fire as before.
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION cohortsync._queue_changes()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
+    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on' THEN
+        RETURN NULL;
+    END IF;
+    -- Nothing connected: nothing to queue. (The transition table has been
+    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+        RETURN NULL;
+    END IF;
+    -- Within one statement every (cohort, member) changes once, so the records
+    -- of one identity made here commute; no ORDER BY (it would sort millions).
+    --
+    -- The subquery x computes both records of a (change, destination) once;
+    -- OFFSET 0 keeps the planner from pulling it up into the VALUES list, which
+    -- would evaluate its expressions once per reference.
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT x.destination, cohortsync._identity_key(x.identity), r.record, x.change_id, r.phone_dropped
+      FROM (SELECT d.name AS destination, m.identity, c.id AS change_id,
+                   jsonb_build_object(
+                       'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', d.event_name,
+                       'evtData', jsonb_build_object(
+                           'Partner Segment Name', m.cohort_name,
+                           'Action', CASE WHEN m.added THEN 'Added' ELSE 'Removed' END,
+                           'Partner Segment ID', c.cohort_id,
+                           'CT Source', 'Mixpanel',
+                           'Partner Name', 'Mixpanel')) AS event,
+                   m.ts,
+                   CASE WHEN d.cohorts_property IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object(d.cohorts_property,
+                                 jsonb_build_object(CASE WHEN m.added THEN '$add' ELSE '$remove' END,
+                                                    jsonb_build_array(m.cohort_name)))
+                   END
+                   || CASE WHEN m.added THEN cohortsync._profile_fields(
+                             c.properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
+                             c.properties ->> 'first_name', c.properties ->> 'last_name')
+                           ELSE '{}'::jsonb
+                      END AS profile_data,
+                   m.added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
+              FROM new_changes c
+              LEFT JOIN cohortsync.cohorts co
+                     ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+             CROSS JOIN cohortsync.destinations d
+             CROSS JOIN LATERAL (
+                SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                  FROM (SELECT cohortsync._clevertap_identity(c.properties, d.identity_property,
+                                                              c.distinct_id) AS identity,
+                               floor(extract(epoch FROM c.changed_at))::bigint AS ts,
+                               coalesce(co.name, c.cohort_id) AS cohort_name,
+                               c.change = 'added' AS added,
+                               cohortsync._normalize_phone(c.properties ->> 'phone_number') AS phone
+                        OFFSET 0) y
+                OFFSET 0) m
+            OFFSET 0) x
+     CROSS JOIN LATERAL (VALUES
+        (x.event, x.phone_dropped),
+        (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
+            'identity', x.identity, 'type', 'profile', 'ts', x.ts,
+            'profileData', x.profile_data) END,
+         false)) r(record, phone_dropped)
+     WHERE r.record IS NOT NULL;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION cohortsync._queue_profile_updates()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
+    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on' THEN
+        RETURN NULL;
+    END IF;
+    -- Nothing connected: nothing to queue. (The transition table has been
+    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(m.identity),
+           jsonb_build_object('identity', m.identity, 'type', 'profile',
+                              'ts', floor(extract(epoch FROM now()))::bigint,
+                              'profileData', pd.profile_data),
+           NULL, m.phone IS NOT NULL AND NOT p.phone_ok
+      FROM new_members nm
+      JOIN old_members om
+        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
+       AND om.distinct_id = nm.distinct_id
+     CROSS JOIN cohortsync.destinations d
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._clevertap_identity(nm.properties, d.identity_property,
+                                              nm.distinct_id) AS identity,
+               cohortsync._normalize_phone(nm.phone) AS phone) m
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._profile_fields(nm.email, CASE WHEN p.phone_ok THEN m.phone END,
+                                          nm.first_name, nm.last_name) AS profile_data) pd
+     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
+           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
+       AND pd.profile_data <> '{}'::jsonb;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- pg_restore --jobs loads the tables' data in parallel, in any order, into
+-- tables CREATE EXTENSION made with their constraints: the foreign keys of
+-- sync_sessions (to cohorts), sync_pages (to sync_sessions) and
+-- destination_secrets (to destinations) failed whenever a child table's COPY
+-- ran before its parent's (pg_restore exit 1, the child table left empty). The
+-- keys go; what they did on delete (and on a destination's rename) is done by
+-- statement-level triggers, as members and staged_members always were (see
+-- cohorts_delete_members). Ingest and connect_clevertap write parents first.
+ALTER TABLE cohortsync.sync_sessions DROP CONSTRAINT sync_sessions_project_id_cohort_id_fkey;
+ALTER TABLE cohortsync.sync_pages DROP CONSTRAINT sync_pages_project_id_cohort_id_session_id_action_fkey;
+ALTER TABLE cohortsync.destination_secrets DROP CONSTRAINT destination_secrets_name_fkey;
+
+CREATE OR REPLACE FUNCTION cohortsync._delete_cohort_members()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.members m USING old_cohorts o
+     WHERE m.project_id = o.project_id AND m.cohort_id = o.cohort_id;
+    DELETE FROM cohortsync.staged_members s USING old_cohorts o
+     WHERE s.project_id = o.project_id AND s.cohort_id = o.cohort_id;
+    -- its sessions (and, by their trigger, their pages)
+    DELETE FROM cohortsync.sync_sessions s USING old_cohorts o
+     WHERE s.project_id = o.project_id AND s.cohort_id = o.cohort_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION cohortsync._delete_session_pages()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.sync_pages p USING old_sessions o
+     WHERE p.project_id = o.project_id AND p.cohort_id = o.cohort_id
+       AND p.session_id = o.session_id AND p.action = o.action;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER sync_sessions_delete_pages
+    AFTER DELETE ON cohortsync.sync_sessions
+    REFERENCING OLD TABLE AS old_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._delete_session_pages();
+REVOKE ALL ON FUNCTION cohortsync._delete_session_pages() FROM PUBLIC;
+
+CREATE FUNCTION cohortsync._destination_secrets_follow()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM cohortsync.destination_secrets s WHERE s.name = OLD.name;
+    ELSIF NEW.name IS DISTINCT FROM OLD.name THEN
+        UPDATE cohortsync.destination_secrets s SET name = NEW.name WHERE s.name = OLD.name;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER destinations_secrets_follow
+    AFTER DELETE OR UPDATE OF name ON cohortsync.destinations
+    FOR EACH ROW EXECUTE FUNCTION cohortsync._destination_secrets_follow();
+REVOKE ALL ON FUNCTION cohortsync._destination_secrets_follow() FROM PUBLIC;
+
+-- A restore that leaves the passcodes out (--exclude-table-data of
+-- destination_secrets) has destinations without a row here; setting the
+-- passcode then said 'destination "..." does not exist' because it only
+-- updated an existing row. It now stores the passcode of any destination.
+CREATE OR REPLACE FUNCTION cohortsync.set_clevertap_passcode(name text, passcode text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+AS $$
+BEGIN
+    IF passcode IS NULL OR passcode = '' THEN
+        RAISE EXCEPTION 'a CleverTap destination needs a passcode'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = set_clevertap_passcode.name) THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO cohortsync.destination_secrets AS s (name, passcode)
+    VALUES (set_clevertap_passcode.name, set_clevertap_passcode.passcode)
+        ON CONFLICT ON CONSTRAINT destination_secrets_pkey
+        DO UPDATE SET passcode = EXCLUDED.passcode;
+    PERFORM cohortsync._wake_delivery();
+END
+$$;
