@@ -230,3 +230,124 @@ BEGIN
     PERFORM cohortsync._wake_delivery();
 END
 $$;
+
+-------------------------------------------------------------------------------
+-- Versions (issue #12): the loaded library's and the SQL objects'.
+-------------------------------------------------------------------------------
+CREATE FUNCTION cohortsync._library_version()
+RETURNS text
+AS 'MODULE_PATHNAME', 'cohortsync_library_version'
+LANGUAGE C STRICT STABLE;
+
+CREATE FUNCTION cohortsync.version(OUT library_version text, OUT sql_version text)
+RETURNS record LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT cohortsync._library_version(),
+           (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')
+$$;
+COMMENT ON FUNCTION cohortsync.version() IS
+    'The version of the loaded library and of the extension''s SQL objects (pg_extension.extversion).';
+
+-------------------------------------------------------------------------------
+-- A status that tells the truth (issue #12, part 4).
+--
+-- destination_status said 'active' with no error while nothing could move: no
+-- worker serving the database (library not preloaded, cohortsync.database
+-- naming another one), no passcode stored, SQL objects older than the library.
+-- reason (a new last column) says why a destination's records are not moving,
+-- NULL when nothing stands in their way.
+-------------------------------------------------------------------------------
+
+-- Why no delivery worker sends this database's records (NULL: one does, and
+-- the SQL objects, sql_version, are the library's). Executable by PUBLIC like
+-- _worker_in_flight(): destination_status calls it with the reader's rights.
+-- It tells no more than whether and where the worker runs.
+CREATE FUNCTION cohortsync._delivery_blocker(sql_version text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'cohortsync_delivery_blocker'
+LANGUAGE C VOLATILE;
+
+-- Same columns, same order as 0.2.0, and reason.
+CREATE OR REPLACE VIEW cohortsync.destination_status AS
+SELECT d.name,
+       d.state,
+       d.paused_reason                         AS state_reason,
+       d.paused_at,
+       greatest(coalesce(o.pending, 0) - coalesce(w.records, 0), 0) AS pending,
+       coalesce(o.in_flight, 0) + least(coalesce(w.records, 0), coalesce(o.pending, 0)) AS in_flight,
+       coalesce(s.delivered, 0)                AS delivered,
+       (SELECT count(*) FROM cohortsync.failed_records f
+         WHERE f.destination = d.name)         AS failed,
+       now() - o.oldest                        AS oldest_pending_age,
+       s.last_success_at,
+       s.last_error,
+       s.last_error_at,
+       coalesce(s.phones_dropped, 0)           AS phones_dropped,
+       coalesce(s.requests, 0)                 AS requests,
+       -- every obstacle, the one of the whole database first
+       nullif(concat_ws('; ',
+         b.blocker,
+         CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
+              THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()' END,
+         CASE WHEN d.state = 'paused'
+              THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
+                   || ' (call cohortsync.resume_destination())' END,
+         CASE WHEN o.retry_waiting > 0
+              THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
+                          o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
+         '')                                   AS reason
+  FROM cohortsync.destinations d
+  LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
+  LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
+  CROSS JOIN (SELECT cohortsync._delivery_blocker(
+                  (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')) AS blocker) b
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE x.lease_until IS NULL OR x.lease_until < now()) AS pending,
+               count(*) FILTER (WHERE x.lease_until >= now())                         AS in_flight,
+               min(x.created_at)                                                      AS oldest,
+               count(*) FILTER (WHERE x.attempts > 0 AND x.next_attempt_at > now())   AS retry_waiting,
+               min(x.next_attempt_at) FILTER (WHERE x.attempts > 0
+                                              AND x.next_attempt_at > now())          AS next_retry
+          FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
+COMMENT ON VIEW cohortsync.destination_status IS
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, and the reason nothing moves (NULL: nothing in the way).';
+
+-------------------------------------------------------------------------------
+-- cohortsync.status(): everything that decides whether records move, one row
+-- per check. Owner-only, like every function.
+-------------------------------------------------------------------------------
+CREATE FUNCTION cohortsync.status()
+RETURNS TABLE (check_name text, ok boolean, detail text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sql     text := (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync');
+    v_lib     text := cohortsync._library_version();
+    v_blocker text := cohortsync._delivery_blocker(v_sql);
+    r         record;
+BEGIN
+    check_name := 'versions';
+    ok := v_lib = v_sql OR v_lib = 'unknown';
+    detail := format('library %s, SQL objects %s', v_lib, v_sql)
+              || CASE WHEN ok THEN '' ELSE ': run ALTER EXTENSION cohortsync UPDATE' END;
+    RETURN NEXT;
+    check_name := 'delivery worker';
+    ok := v_blocker IS NULL;
+    detail := coalesce(v_blocker, format('serving database %s', current_database()));
+    RETURN NEXT;
+    FOR r IN SELECT s.name, s.reason FROM cohortsync.destination_status s ORDER BY s.name LOOP
+        check_name := 'destination ' || r.name;
+        ok := r.reason IS NULL;
+        detail := coalesce(r.reason, 'active');
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.status() IS
+    'One row per check (versions, delivery worker, each destination): ok, and what is wrong.';
+
+REVOKE ALL ON FUNCTION cohortsync._library_version() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.version() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.status() FROM PUBLIC;

@@ -235,6 +235,26 @@ cohortsync_worker_in_flight(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * For the status functions (status.c): false when shared memory is absent (the
+ * library is not preloaded); else *dboid is the database the delivery worker
+ * is connected to, InvalidOid when none runs.
+ */
+bool
+cs_delivery_worker_database(Oid *dboid)
+{
+	int			procno;
+
+	*dboid = InvalidOid;
+	if (cs_shared == NULL)
+		return false;
+	procno = cs_shared->worker_pgprocno;
+	pg_read_barrier();
+	if (procno != INVALID_PGPROCNO)
+		*dboid = GetPGProcByNumber(procno)->databaseId;
+	return true;
+}
+
 /*-------------------------------------------------------------------------
  * Registration.
  *-------------------------------------------------------------------------
