@@ -314,6 +314,173 @@ COMMENT ON VIEW cohortsync.destination_status IS
     'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, and the reason nothing moves (NULL: nothing in the way).';
 
 -------------------------------------------------------------------------------
+-- Bounded history (issue #12, part 5).
+--
+-- membership_changes and sync_pages grow for ever. prune_history() deletes
+-- what is older than a horizon, and the delivery worker does it on its own
+-- with cohortsync.history_retention. Current membership is never touched, nor
+-- the outbox and failed records (they are self-contained: a record carries
+-- everything CleverTap gets; change_id only groups a change's two records).
+-- For every member, the last change before the horizon is kept when it is an
+-- 'added': so members_at() answers exactly for any instant from the horizon on.
+-------------------------------------------------------------------------------
+
+-- The horizon of the last pruning: members_at() refuses instants before it.
+CREATE TABLE cohortsync.history_pruned (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    pruned_before  timestamptz NOT NULL,
+    pruned_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE cohortsync.history_pruned IS
+    'The horizon history was last pruned to: membership_changes before it are incomplete.';
+REVOKE ALL ON cohortsync.history_pruned FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.history_pruned', '');
+
+-- Prune the history of one cohort: of every member's changes before the
+-- horizon, keep only the last, and only if it is an 'added'.
+CREATE FUNCTION cohortsync._prune_cohort_history(p_project text, p_cohort text, p_horizon timestamptz)
+RETURNS bigint LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH ranked AS (
+        SELECT c.id, c.change,
+               row_number() OVER (PARTITION BY c.distinct_id ORDER BY c.id DESC) AS rn
+          FROM cohortsync.membership_changes c
+         WHERE c.project_id = p_project AND c.cohort_id = p_cohort AND c.changed_at < p_horizon),
+    gone AS (
+        DELETE FROM cohortsync.membership_changes m
+         USING ranked r
+         WHERE m.id = r.id AND (r.rn > 1 OR r.change = 'removed')
+        RETURNING 1)
+    SELECT count(*) FROM gone
+$$;
+
+-- One step of pruning, in the caller's transaction: the changes of the next
+-- cohort after (p_project, p_cohort); the first step (NULLs) records the
+-- horizon, the last (no cohort left: no row) prunes finished sessions and
+-- their pages. The delivery worker runs one step per short transaction.
+CREATE FUNCTION cohortsync._prune_history_step(p_horizon timestamptz, p_project text, p_cohort text,
+                                               OUT project_id text, OUT cohort_id text,
+                                               OUT changes bigint, OUT sessions bigint, OUT pages bigint)
+RETURNS record LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_project IS NULL THEN
+        INSERT INTO cohortsync.history_pruned AS h (pruned_before) VALUES (p_horizon)
+            ON CONFLICT (singleton) DO UPDATE
+            SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before), pruned_at = now();
+    END IF;
+    SELECT c.project_id, c.cohort_id INTO _prune_history_step.project_id, _prune_history_step.cohort_id
+      FROM cohortsync.cohorts c
+     WHERE p_project IS NULL OR (c.project_id, c.cohort_id) > (p_project, p_cohort)
+     ORDER BY c.project_id, c.cohort_id
+     LIMIT 1;
+    IF FOUND THEN
+        changes := cohortsync._prune_cohort_history(_prune_history_step.project_id,
+                                                     _prune_history_step.cohort_id, p_horizon);
+        RETURN;
+    END IF;
+    -- finished sessions (never a cohort's last one: a page of it sent again
+    -- must still be known) and their pages
+    WITH doomed AS (
+        SELECT s.project_id, s.cohort_id, s.session_id, s.action
+          FROM cohortsync.sync_sessions s
+         WHERE s.state <> 'receiving'
+           AND coalesce(s.completed_at, s.superseded_at, s.last_page_at) < p_horizon
+           AND s.last_page_at < p_horizon
+           AND NOT EXISTS (SELECT FROM cohortsync.cohorts c
+                            WHERE c.project_id = s.project_id AND c.cohort_id = s.cohort_id
+                              AND c.last_session_id = s.session_id)),
+    gone_pages AS (
+        DELETE FROM cohortsync.sync_pages p USING doomed d
+         WHERE p.project_id = d.project_id AND p.cohort_id = d.cohort_id
+           AND p.session_id = d.session_id AND p.action = d.action
+        RETURNING 1),
+    gone_sessions AS (
+        DELETE FROM cohortsync.sync_sessions s USING doomed d
+         WHERE s.project_id = d.project_id AND s.cohort_id = d.cohort_id
+           AND s.session_id = d.session_id AND s.action = d.action
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM gone_sessions), (SELECT count(*) FROM gone_pages)
+      INTO sessions, pages;
+    project_id := NULL;
+    cohort_id := NULL;
+END
+$$;
+
+CREATE FUNCTION cohortsync.prune_history(older_than interval,
+                                         OUT changes bigint, OUT sessions bigint, OUT pages bigint)
+RETURNS record LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_horizon timestamptz;
+    v_step    record;
+    v_project text;
+    v_cohort  text;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be an interval of zero or more'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_horizon := now() - older_than;
+    changes := 0;
+    LOOP
+        v_step := cohortsync._prune_history_step(v_horizon, v_project, v_cohort);
+        changes := changes + coalesce(v_step.changes, 0);
+        IF v_step.project_id IS NULL THEN
+            sessions := v_step.sessions;
+            pages := v_step.pages;
+            EXIT;
+        END IF;
+        v_project := v_step.project_id;
+        v_cohort := v_step.cohort_id;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.prune_history(interval) IS
+    'Delete history older than the interval (never current membership or queued records); returns what it deleted.';
+
+-- Who was in the cohort at an instant, from the history: every member whose
+-- last change at or before it is an 'added', with the member as sent then.
+CREATE FUNCTION cohortsync.members_at(project_id text, cohort_id text, at timestamptz)
+RETURNS TABLE (distinct_id text, properties jsonb, joined_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_horizon timestamptz;
+BEGIN
+    SELECT h.pruned_before INTO v_horizon FROM cohortsync.history_pruned h;
+    IF at < v_horizon THEN
+        RAISE EXCEPTION 'the history before % has been pruned', v_horizon
+            USING ERRCODE = 'data_exception',
+                  DETAIL = format('members_at() answers for instants from %s on.', v_horizon),
+                  HINT = 'cohortsync.history_retention and cohortsync.prune_history() set how far back the history goes.';
+    END IF;
+    RETURN QUERY
+    SELECT l.distinct_id::text, l.properties, l.changed_at
+      FROM (SELECT DISTINCT ON (c.distinct_id) c.distinct_id, c.change, c.properties, c.changed_at
+              FROM cohortsync.membership_changes c
+             WHERE c.project_id = members_at.project_id AND c.cohort_id = members_at.cohort_id
+               AND c.changed_at <= members_at.at
+             ORDER BY c.distinct_id, c.id DESC) l
+     WHERE l.change = 'added'
+     ORDER BY l.distinct_id;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.members_at(text, text, timestamptz) IS
+    'The members of a cohort at an instant, replayed from membership_changes (an error before the pruning horizon).';
+
+REVOKE ALL ON FUNCTION cohortsync._prune_cohort_history(text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._prune_history_step(timestamptz, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.prune_history(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.members_at(text, text, timestamptz) FROM PUBLIC;
+
+-------------------------------------------------------------------------------
 -- cohortsync.status(): everything that decides whether records move, one row
 -- per check. Owner-only, like every function.
 -------------------------------------------------------------------------------
@@ -326,6 +493,8 @@ DECLARE
     v_sql     text := (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync');
     v_lib     text := cohortsync._library_version();
     v_blocker text := cohortsync._delivery_blocker(v_sql);
+    v_ret     text := current_setting('cohortsync.history_retention', true);
+    v_horizon timestamptz := (SELECT h.pruned_before FROM cohortsync.history_pruned h);
     r         record;
 BEGIN
     check_name := 'versions';
@@ -343,10 +512,16 @@ BEGIN
         detail := coalesce(r.reason, 'active');
         RETURN NEXT;
     END LOOP;
+    check_name := 'history retention';
+    ok := true;
+    detail := CASE WHEN v_ret IS NULL OR v_ret IN ('0', '0min') THEN 'kept for ever (cohortsync.history_retention is off)'
+                   ELSE format('pruned by the delivery worker after %s', v_ret) END
+              || CASE WHEN v_horizon IS NULL THEN '' ELSE format('; complete from %s on', v_horizon) END;
+    RETURN NEXT;
 END
 $$;
 COMMENT ON FUNCTION cohortsync.status() IS
-    'One row per check (versions, delivery worker, each destination): ok, and what is wrong.';
+    'One row per check (versions, delivery worker, each destination, history retention): ok, and what is wrong.';
 
 REVOKE ALL ON FUNCTION cohortsync._library_version() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.version() FROM PUBLIC;

@@ -62,6 +62,7 @@
 #include "clevertap_http.h"
 #include "delivery.h"
 #include "guc_common.h"
+#include "history_prune.h"
 #include "outbox.h"
 #include "worker_db.h"
 
@@ -78,6 +79,9 @@ static int	cs_poll_interval_ms = 5000;
 /* CleverTap's limits: records per request, concurrent requests per account */
 #define CT_MAX_BATCH 1000
 #define CT_MAX_CONCURRENT 15
+
+/* While a pass of history pruning goes on, its steps run this often (ms). */
+#define PRUNE_PAUSE_MS 1000
 
 /* Errors of the same kind are logged at most this often. */
 #define LOG_INTERVAL_MS 60000
@@ -999,6 +1003,7 @@ cs_delivery_main(Datum main_arg)
 	for (;;)
 	{
 		bool		settled_any = false;
+		bool		pruning;
 		CsHttpCall *call;
 		TimestampTz now;
 		long		timeout_ms;
@@ -1032,8 +1037,13 @@ cs_delivery_main(Datum main_arg)
 			next_claim = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sleep_ms);
 		}
 
+		/* cohortsync.history_retention: a few ms of pruning, when a pass is due */
+		pruning = cs_history_prune_tick();
+
 		now = GetCurrentTimestamp();
 		timeout_ms = next_claim > now ? (long) ((next_claim - now + 999) / 1000) : 0;
+		if (pruning)
+			timeout_ms = Min(timeout_ms, PRUNE_PAUSE_MS);
 		woken = cs_http_wait(timeout_ms, PG_WAIT_EXTENSION);
 	}
 
