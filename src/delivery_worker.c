@@ -739,7 +739,8 @@ claim_and_send(bool poll)
 		/* wait quietly for CREATE EXTENSION */
 		if (!extension_missing_logged)
 			ereport(LOG,
-					(errmsg("cohortsync delivery: extension \"cohortsync\" is not installed in database \"%s\"; waiting",
+					(errmsg("cohortsync delivery: extension \"cohortsync\" is not installed in database \"%s\"; waiting "
+							"(run CREATE EXTENSION cohortsync there, or set cohortsync.database to the database that has it)",
 							cs_database)));
 		extension_missing_logged = true;
 		known_destinations = 0;
