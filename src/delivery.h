@@ -17,4 +17,8 @@ extern void cs_delivery_init(void);
  */
 extern bool cs_delivery_worker_database(Oid *dboid);
 
+/* status.c: the library's version, and whether the SQL objects' differs */
+extern const char *cs_library_version(void);
+extern bool cs_sql_version_differs(char **sql_version);
+
 #endif							/* COHORTSYNC_DELIVERY_H */

@@ -382,6 +382,7 @@ static List *requests = NIL;		/* CsRequest *, in flight */
 static int	known_destinations = 0; /* active destinations at the last claim */
 static bool leases_released = false;
 static bool extension_missing_logged = false;
+static bool version_checked = false;	/* the SQL objects' version was compared */
 static TimestampTz last_error_log = 0;
 
 static int
@@ -721,6 +722,18 @@ claim_and_send(bool poll)
 				leases_released = true;
 			}
 			dests = cs_outbox_destinations(loop_cxt);
+			if (!version_checked)
+			{
+				char	   *sql_version;
+
+				/* once per installation of the extension */
+				if (cs_sql_version_differs(&sql_version))
+					ereport(LOG,
+							(errmsg("cohortsync delivery: the extension's SQL objects in database \"%s\" are version %s, the library %s; "
+									"run ALTER EXTENSION cohortsync UPDATE there",
+									cs_database, sql_version, cs_library_version())));
+				version_checked = true;
+			}
 		}
 		finish_transaction();
 	}
@@ -743,6 +756,7 @@ claim_and_send(bool poll)
 							"(run CREATE EXTENSION cohortsync there, or set cohortsync.database to the database that has it)",
 							cs_database)));
 		extension_missing_logged = true;
+		version_checked = false;
 		known_destinations = 0;
 		/* a new extension has a new queue: forget the cursors */
 		foreach(lc, dest_states)

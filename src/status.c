@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "commands/dbcommands.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -68,4 +69,34 @@ cohortsync_delivery_blocker(PG_FUNCTION_ARGS)
 				"run ALTER EXTENSION cohortsync UPDATE", sql_version, CS_VERSION)));
 	}
 	PG_RETURN_NULL();
+}
+
+/*
+ * For the delivery worker, inside a transaction with SPI connected: whether
+ * the extension's SQL objects are of another version than the library (the
+ * server was restarted with a new library, ALTER EXTENSION ... UPDATE has not
+ * run yet). The old objects have no status that could say so; the worker's
+ * log does. Fills *sql_version (palloc'd) when they differ.
+ */
+bool
+cs_sql_version_differs(char **sql_version)
+{
+	char	   *v;
+
+	if (strcmp(CS_VERSION, "unknown") == 0)
+		return false;
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'cohortsync'",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		return false;
+	v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (v == NULL || strcmp(v, CS_VERSION) == 0)
+		return false;
+	*sql_version = v;
+	return true;
+}
+
+const char *
+cs_library_version(void)
+{
+	return CS_VERSION;
 }
