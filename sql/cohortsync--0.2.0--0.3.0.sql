@@ -27,7 +27,12 @@ DECLARE
 BEGIN
     -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
     -- ingest for its own statements): not a restore's COPY, not a hand-made write.
-    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on' THEN
+    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
+    -- server not restarted yet) defines its other settings and not this one, and
+    -- never sets it: its ingest is queued as before rather than lost.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
+       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
         RETURN NULL;
     END IF;
     -- Nothing connected: nothing to queue. (The transition table has been
@@ -104,7 +109,12 @@ DECLARE
 BEGIN
     -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
     -- ingest for its own statements): not a restore's COPY, not a hand-made write.
-    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on' THEN
+    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
+    -- server not restarted yet) defines its other settings and not this one, and
+    -- never sets it: its ingest is queued as before rather than lost.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
+       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
         RETURN NULL;
     END IF;
     -- Nothing connected: nothing to queue. (The transition table has been
