@@ -2,9 +2,11 @@
 #
 #   make                      build cohortsync.so
 #   make install              install into the server found by pg_config
+#   make installcheck         run the pg_regress suite (test/sql) against a running server
 #   scripts/test              build, install into a throwaway copy of the server, run every test
 #
 # Every C file under src/ is one job of the extension; they are all linked into one module.
+# Supported servers: PostgreSQL 15, 16, 17 and 18 (what differs between them: src/pg_compat.h).
 
 EXTENSION   = cohortsync
 MODULE_big  = cohortsync
@@ -12,9 +14,27 @@ OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 DATA        = $(sort $(wildcard sql/cohortsync--*.sql))
 PGFILEDESC  = "cohortsync - Mixpanel cohort sync for PostgreSQL"
 
+# make installcheck: the pg_regress suite, test/sql/*.sql against test/expected/*.out, in
+# pg_regress's own database (contrib_regression) of a running server. Each test creates
+# the extension itself; the server need not preload the library.
+REGRESS      = $(sort $(basename $(notdir $(wildcard test/sql/*.sql))))
+REGRESS_OPTS = --inputdir=test
+
+# The version has one home, default_version in the control file; the C code
+# gets it as CS_VERSION (libcurl's User-Agent, PostgreSQL 18's module magic block).
+EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(EXTENSION).control)
+
 PG_CONFIG  ?= pg_config
-PG_CPPFLAGS += -I$(srcdir)/src
+PG_CPPFLAGS += -I$(srcdir)/src -DCS_VERSION=\"$(EXTVERSION)\"
 SHLIB_LINK += -lcurl -lmicrohttpd
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+SUPPORTED_MAJORVERSIONS = 15 16 17 18
+ifeq ($(filter $(MAJORVERSION),$(SUPPORTED_MAJORVERSIONS)),)
+$(error cohortsync supports PostgreSQL $(firstword $(SUPPORTED_MAJORVERSIONS)) to $(lastword $(SUPPORTED_MAJORVERSIONS)), not $(MAJORVERSION) (the server of $(PG_CONFIG)))
+endif
+
+# a new default_version must reach the objects that carry it
+$(OBJS): $(EXTENSION).control

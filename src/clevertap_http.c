@@ -28,6 +28,7 @@
 #include "utils/memutils.h"
 
 #include "clevertap_http.h"
+#include "pg_compat.h"
 
 int			cs_connect_timeout_ms = 10000;
 int			cs_request_timeout_ms = 60000;
@@ -205,7 +206,7 @@ cs_http_start(CsHttpCall *call, const char *base_url, const char *account_id,
 	if (cs_ca_file != NULL && cs_ca_file[0] != '\0')
 		curl_easy_setopt(easy, CURLOPT_CAINFO, cs_ca_file);
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, "cohortsync/0.1.0");
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "cohortsync/" CS_VERSION);
 
 	mrc = curl_multi_add_handle(multi, easy);
 	if (mrc != CURLM_OK)
@@ -299,7 +300,7 @@ cs_http_wait(long timeout_ms, uint32 wait_event_info)
 		timeout_ms = 10;
 
 	/* rebuilt every time: at most a few dozen sockets, and curl changes them often */
-	set = CreateWaitEventSet(CurrentMemoryContext, nsockets + 2);
+	set = cs_CreateWaitEventSet(CurrentMemoryContext, CurrentResourceOwner, nsockets + 2);
 	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	for (int i = 0; i < nsockets; i++)

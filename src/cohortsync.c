@@ -19,9 +19,10 @@
 #include "guc_common.h"
 #include "history_prune.h"
 #include "http_listener.h"
+#include "pg_compat.h"
 #include "worker_db.h"
 
-PG_MODULE_MAGIC;
+CS_MODULE_MAGIC;
 
 void		_PG_init(void);
 
@@ -36,9 +37,5 @@ _PG_init(void)
 	cs_delivery_init();
 	cs_http_listener_init();
 
-#if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("cohortsync");
-#else
-	EmitWarningsOnPlaceholders("cohortsync");
-#endif
 }

@@ -64,6 +64,7 @@
 #include "guc_common.h"
 #include "history_prune.h"
 #include "outbox.h"
+#include "pg_compat.h"
 #include "worker_db.h"
 
 PGDLLEXPORT void cs_delivery_main(Datum main_arg);
@@ -107,7 +108,7 @@ typedef struct CsPublishedInFlight
 
 typedef struct CsDeliveryShared
 {
-	int			worker_pgprocno;	/* INVALID_PGPROCNO when no worker runs */
+	ProcNumber	worker_pgprocno;	/* INVALID_PROC_NUMBER when no worker runs */
 	slock_t		mutex;			/* protects npublished and published */
 	int			npublished;
 	CsPublishedInFlight published[CS_PUBLISHED_MAX];
@@ -138,7 +139,7 @@ cs_shmem_startup(void)
 	cs_shared = ShmemInitStruct("cohortsync delivery", sizeof(CsDeliveryShared), &found);
 	if (!found)
 	{
-		cs_shared->worker_pgprocno = INVALID_PGPROCNO;
+		cs_shared->worker_pgprocno = INVALID_PROC_NUMBER;
 		SpinLockInit(&cs_shared->mutex);
 		cs_shared->npublished = 0;
 	}
@@ -149,13 +150,13 @@ cs_shmem_startup(void)
 static void
 wake_worker(void)
 {
-	int			procno;
+	ProcNumber	procno;
 
 	if (cs_shared == NULL)
 		return;
 	procno = cs_shared->worker_pgprocno;
 	pg_read_barrier();
-	if (procno != INVALID_PGPROCNO)
+	if (procno != INVALID_PROC_NUMBER)
 		SetLatch(&GetPGProcByNumber(procno)->procLatch);
 }
 
@@ -247,14 +248,14 @@ cohortsync_worker_in_flight(PG_FUNCTION_ARGS)
 bool
 cs_delivery_worker_database(Oid *dboid)
 {
-	int			procno;
+	ProcNumber	procno;
 
 	*dboid = InvalidOid;
 	if (cs_shared == NULL)
 		return false;
 	procno = cs_shared->worker_pgprocno;
 	pg_read_barrier();
-	if (procno != INVALID_PGPROCNO)
+	if (procno != INVALID_PROC_NUMBER)
 		*dboid = GetPGProcByNumber(procno)->databaseId;
 	return true;
 }
@@ -384,6 +385,7 @@ static bool leases_released = false;
 static bool extension_missing_logged = false;
 static bool version_checked = false;	/* the SQL objects' version was compared */
 static TimestampTz last_error_log = 0;
+static uint32 wait_event_delivery;	/* the worker's waits, in pg_stat_activity */
 
 static int
 lease_ms(void)
@@ -400,7 +402,7 @@ unpublish_worker(int code, Datum arg)
 		SpinLockAcquire(&cs_shared->mutex);
 		cs_shared->npublished = 0;
 		SpinLockRelease(&cs_shared->mutex);
-		cs_shared->worker_pgprocno = INVALID_PGPROCNO;
+		cs_shared->worker_pgprocno = INVALID_PROC_NUMBER;
 	}
 }
 
@@ -1001,11 +1003,12 @@ cs_delivery_main(Datum main_arg)
 	cs_worker_connect(CS_WORKER_DELIVERY, "cohortsync delivery");
 	if (cs_shared != NULL)
 	{
-		cs_shared->worker_pgprocno = MyProc->pgprocno;
+		cs_shared->worker_pgprocno = MyProcNumber;
 		before_shmem_exit(unpublish_worker, (Datum) 0);
 	}
 	pgstat_report_appname("cohortsync delivery");
 	pgstat_report_activity(STATE_IDLE, NULL);
+	wait_event_delivery = cs_wait_event_new("CohortsyncDelivery");
 
 	worker_cxt = AllocSetContextCreate(TopMemoryContext, "cohortsync delivery",
 									   ALLOCSET_DEFAULT_SIZES);
@@ -1059,7 +1062,7 @@ cs_delivery_main(Datum main_arg)
 		timeout_ms = next_claim > now ? (long) ((next_claim - now + 999) / 1000) : 0;
 		if (pruning)
 			timeout_ms = Min(timeout_ms, PRUNE_PAUSE_MS);
-		woken = cs_http_wait(timeout_ms, PG_WAIT_EXTENSION);
+		woken = cs_http_wait(timeout_ms, wait_event_delivery);
 	}
 
 	/* SIGTERM: abandon what is in flight; the leases are released by the next worker */

@@ -42,6 +42,7 @@
 #include "guc_common.h"
 #include "http_common.h"
 #include "http_listener.h"
+#include "pg_compat.h"
 #include "worker_db.h"
 
 #define CS_HTTP_WORKER_NAME "cohortsync http listener"
@@ -91,6 +92,7 @@ static char *daemon_cert = NULL;	/* PEM text, when serving HTTPS */
 static char *daemon_key = NULL;
 
 static WaitEventSet *wait_set = NULL;
+static uint32 wait_event_listener;	/* our waits, in pg_stat_activity */
 
 /*
  * Split "host:port" (or "[v6-address]:port"). host "" and "*" mean every
@@ -261,11 +263,7 @@ build_wait_set(int epoll_fd)
 {
 	if (wait_set != NULL)
 		FreeWaitEventSet(wait_set);
-#if PG_VERSION_NUM >= 170000
-	wait_set = CreateWaitEventSet(NULL, 3);
-#else
-	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
-#endif
+	wait_set = cs_CreateWaitEventSet(TopMemoryContext, NULL, 3);
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	if (epoll_fd >= 0)
@@ -518,7 +516,7 @@ wait_for_events(long timeout_ms)
 			timeout_ms = (long) Min(mhd_timeout, (MHD_UNSIGNED_LONG_LONG) INT_MAX);
 	}
 
-	(void) WaitEventSetWait(wait_set, timeout_ms, &event, 1, PG_WAIT_EXTENSION);
+	(void) WaitEventSetWait(wait_set, timeout_ms, &event, 1, wait_event_listener);
 	ResetLatch(MyLatch);
 
 	/*
@@ -597,6 +595,7 @@ cs_http_listener_main(Datum main_arg)
 	daemon_cxt = AllocSetContextCreate(TopMemoryContext, CS_HTTP_WORKER_NAME,
 									   ALLOCSET_SMALL_SIZES);
 	build_wait_set(-1);
+	wait_event_listener = cs_wait_event_new("CohortsyncHttpListener");
 
 	while (!cs_http_shutdown_requested)
 	{

@@ -22,30 +22,11 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
+#include "pg_compat.h"			/* SCRAM: pg_be_scram_build_secret() and the
+								 * calls that changed in 16 and 18 */
 #include "webhook_auth.h"
 
-/*
- * From libpq/scram.h, which cannot be included here: it pulls in
- * libpq-be.h and with it the GSSAPI headers, absent from a server build
- * environment without Kerberos development files.
- */
-extern char *pg_be_scram_build_secret(const char *password);
-#if PG_VERSION_NUM >= 160000
-extern bool parse_scram_secret(const char *secret, int *iterations,
-							   pg_cryptohash_type *hash_type, int *key_length,
-							   char **salt, uint8 *stored_key, uint8 *server_key);
-#else
-extern bool parse_scram_secret(const char *secret, int *iterations, char **salt,
-							   uint8 *stored_key, uint8 *server_key);
-#endif
-
 PG_FUNCTION_INFO_V1(cohortsync_add_webhook_user);
-
-#if PG_VERSION_NUM >= 160000
-#define CS_SCRAM_KEY_LEN SCRAM_MAX_KEY_LEN
-#else
-#define CS_SCRAM_KEY_LEN SCRAM_KEY_LEN
-#endif
 
 /* Generous bounds; they only keep absurd input out of the table. */
 #define CS_MAX_USERNAME_BYTES 256
@@ -133,31 +114,24 @@ cs_webhook_password_matches(const char *password, const char *secret)
 {
 	int			iterations;
 	char	   *encoded_salt;
-	char	   *salt;
+	uint8	   *salt;
 	int			saltlen;
-	uint8		stored_key[CS_SCRAM_KEY_LEN];
-	uint8		server_key[CS_SCRAM_KEY_LEN];
-	uint8		salted_password[CS_SCRAM_KEY_LEN];
-	uint8		computed_key[CS_SCRAM_KEY_LEN];
+	uint8		stored_key[CS_SCRAM_MAX_KEY_LEN];
+	uint8		server_key[CS_SCRAM_MAX_KEY_LEN];
+	uint8		salted_password[CS_SCRAM_MAX_KEY_LEN];
+	uint8		computed_key[CS_SCRAM_MAX_KEY_LEN];
 	char	   *prep_password = NULL;
 	const char *errstr = NULL;
 	uint8		diff = 0;
 	bool		known = (secret != NULL);
-#if PG_VERSION_NUM >= 160000
 	pg_cryptohash_type hash_type;
 	int			key_length;
-#endif
 
 	if (!known)
 		secret = dummy_secret();
 
-#if PG_VERSION_NUM >= 160000
-	if (!parse_scram_secret(secret, &iterations, &hash_type, &key_length,
-							&encoded_salt, stored_key, server_key))
-#else
-	if (!parse_scram_secret(secret, &iterations, &encoded_salt,
-							stored_key, server_key))
-#endif
+	if (!cs_parse_scram_secret(secret, &iterations, &hash_type, &key_length,
+							   &encoded_salt, stored_key, server_key))
 	{
 		/* the table's CHECK makes this unlikely; never print the secret */
 		ereport(WARNING,
@@ -169,7 +143,7 @@ cs_webhook_password_matches(const char *password, const char *secret)
 
 	saltlen = pg_b64_dec_len(strlen(encoded_salt));
 	salt = palloc(saltlen);
-	saltlen = pg_b64_decode(encoded_salt, strlen(encoded_salt), salt, saltlen);
+	saltlen = cs_pg_b64_decode(encoded_salt, strlen(encoded_salt), salt, saltlen);
 	if (saltlen < 0)
 		return false;
 
@@ -177,25 +151,15 @@ cs_webhook_password_matches(const char *password, const char *secret)
 	if (pg_saslprep(password, &prep_password) == SASLPREP_SUCCESS)
 		password = prep_password;
 
-#if PG_VERSION_NUM >= 160000
-	if (scram_SaltedPassword(password, hash_type, key_length, salt, saltlen,
-							 iterations, salted_password, &errstr) < 0 ||
-		scram_ServerKey(salted_password, hash_type, key_length,
-						computed_key, &errstr) < 0)
-#elif PG_VERSION_NUM >= 150000
-	if (scram_SaltedPassword(password, salt, saltlen, iterations,
-							 salted_password, &errstr) < 0 ||
-		scram_ServerKey(salted_password, computed_key, &errstr) < 0)
-#else
-	if (scram_SaltedPassword(password, salt, saltlen, iterations,
-							 salted_password) < 0 ||
-		scram_ServerKey(salted_password, computed_key) < 0)
-#endif
+	if (cs_scram_SaltedPassword(password, hash_type, key_length, salt, saltlen,
+								iterations, salted_password, &errstr) < 0 ||
+		cs_scram_ServerKey(salted_password, hash_type, key_length,
+						   computed_key, &errstr) < 0)
 		elog(ERROR, "cohortsync: could not compute SCRAM server key: %s",
 			 errstr ? errstr : "unknown error");
 
 	/* constant time: look at every byte whatever the earlier ones were */
-	for (int i = 0; i < CS_SCRAM_KEY_LEN; i++)
+	for (int i = 0; i < CS_SCRAM_MAX_KEY_LEN; i++)
 		diff |= computed_key[i] ^ server_key[i];
 
 	explicit_bzero(salted_password, sizeof(salted_password));

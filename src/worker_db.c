@@ -47,6 +47,7 @@
 #include "utils/syscache.h"
 
 #include "guc_common.h"
+#include "pg_compat.h"
 #include "worker_db.h"
 
 /* A waiting worker looks for the database this often (ms). */
@@ -54,9 +55,9 @@
 
 typedef struct CsWorkerSlot
 {
-	int			pgprocno;		/* connected to cohortsync.database, else
-								 * INVALID_PGPROCNO */
-	int			waiting_pgprocno;	/* waiting for the database to exist */
+	ProcNumber	pgprocno;		/* connected to cohortsync.database, else
+								 * INVALID_PROC_NUMBER */
+	ProcNumber	waiting_pgprocno;	/* waiting for the database to exist */
 	bool		leave_requested;	/* DROP DATABASE asks the worker to go */
 	bool		check_database; /* the next start looks before connecting */
 } CsWorkerSlot;
@@ -94,8 +95,8 @@ worker_db_shmem_startup(void)
 	{
 		for (int i = 0; i < CS_NUM_WORKERS; i++)
 		{
-			cs_workers->slots[i].pgprocno = INVALID_PGPROCNO;
-			cs_workers->slots[i].waiting_pgprocno = INVALID_PGPROCNO;
+			cs_workers->slots[i].pgprocno = INVALID_PROC_NUMBER;
+			cs_workers->slots[i].waiting_pgprocno = INVALID_PROC_NUMBER;
 			cs_workers->slots[i].leave_requested = false;
 			cs_workers->slots[i].check_database = false;
 		}
@@ -104,9 +105,9 @@ worker_db_shmem_startup(void)
 }
 
 static void
-set_latch_of(int procno)
+set_latch_of(ProcNumber procno)
 {
-	if (procno != INVALID_PGPROCNO)
+	if (procno != INVALID_PROC_NUMBER)
 		SetLatch(&GetPGProcByNumber(procno)->procLatch);
 }
 
@@ -114,7 +115,7 @@ static bool
 any_worker_connected(void)
 {
 	for (int i = 0; i < CS_NUM_WORKERS; i++)
-		if (cs_workers->slots[i].pgprocno != INVALID_PGPROCNO)
+		if (cs_workers->slots[i].pgprocno != INVALID_PROC_NUMBER)
 			return true;
 	return false;
 }
@@ -135,11 +136,7 @@ drop_concerns_workers(const char *dbname)
 	dboid = get_database_oid(dbname, true);
 	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
 		return false;
-#if PG_VERSION_NUM >= 160000
 	return object_ownercheck(DatabaseRelationId, dboid, GetUserId());
-#else
-	return pg_database_ownercheck(dboid, GetUserId());
-#endif
 }
 
 static bool wake_waiters = false;
@@ -233,14 +230,14 @@ static void
 unpublish_connected(int code, Datum arg)
 {
 	if (cs_workers != NULL)
-		cs_workers->slots[DatumGetInt32(arg)].pgprocno = INVALID_PGPROCNO;
+		cs_workers->slots[DatumGetInt32(arg)].pgprocno = INVALID_PROC_NUMBER;
 }
 
 static void
 unpublish_waiting(int code, Datum arg)
 {
 	if (cs_workers != NULL)
-		cs_workers->slots[DatumGetInt32(arg)].waiting_pgprocno = INVALID_PGPROCNO;
+		cs_workers->slots[DatumGetInt32(arg)].waiting_pgprocno = INVALID_PROC_NUMBER;
 }
 
 /*
@@ -278,11 +275,11 @@ database_usable(void)
  * to; then exit so that the postmaster starts the worker again, connected.
  * One log line when the wait starts, none while it lasts.
  */
-static void
-pg_attribute_noreturn()
+pg_noreturn static void
 wait_for_database(CsWorkerKind kind, const char *name)
 {
 	bool		logged = false;
+	uint32		wait_event;
 
 	/* this process never returns to the worker's own loop: our handlers */
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -291,8 +288,9 @@ wait_for_database(CsWorkerKind kind, const char *name)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname(name);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	cs_workers->slots[kind].waiting_pgprocno = MyProc->pgprocno;
+	cs_workers->slots[kind].waiting_pgprocno = MyProcNumber;
 	before_shmem_exit(unpublish_waiting, Int32GetDatum(kind));
+	wait_event = cs_wait_event_new("CohortsyncWaitForDatabase");
 
 	for (;;)
 	{
@@ -324,7 +322,7 @@ wait_for_database(CsWorkerKind kind, const char *name)
 		logged = true;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 WAIT_POLL_MS, PG_WAIT_EXTENSION);
+						 WAIT_POLL_MS, wait_event);
 		ResetLatch(MyLatch);
 	}
 }
@@ -357,7 +355,7 @@ cs_worker_connect(CsWorkerKind kind, const char *name)
 
 	BackgroundWorkerInitializeConnection(cs_database, NULL, 0);
 
-	slot->pgprocno = MyProc->pgprocno;
+	slot->pgprocno = MyProcNumber;
 	before_shmem_exit(unpublish_connected, Int32GetDatum(kind));
 	pg_memory_barrier();
 	if (!slot->leave_requested)

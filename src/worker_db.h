@@ -8,6 +8,8 @@
 #ifndef COHORTSYNC_WORKER_DB_H
 #define COHORTSYNC_WORKER_DB_H
 
+#include "pg_compat.h"
+
 typedef enum CsWorkerKind
 {
 	CS_WORKER_DELIVERY,
@@ -29,6 +31,6 @@ extern void cs_worker_connect(CsWorkerKind kind, const char *name);
 extern bool cs_worker_leave_requested(CsWorkerKind kind);
 
 /* Leave for DROP DATABASE: one log line, exit; the postmaster restarts us. */
-extern void cs_worker_leave(CsWorkerKind kind, const char *name) pg_attribute_noreturn();
+pg_noreturn extern void cs_worker_leave(CsWorkerKind kind, const char *name);
 
 #endif							/* COHORTSYNC_WORKER_DB_H */
