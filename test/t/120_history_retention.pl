@@ -1,6 +1,7 @@
 # cohortsync.history_retention (issue #12): the delivery worker prunes the history on
 # its own, as prune_history() does, while it keeps delivering; membership, the queue
-# and members_at() from the horizon on are unaffected.
+# and members_at() from the horizon on are unaffected. And the status of a server
+# that does not preload the library.
 use strict;
 use warnings;
 
@@ -53,4 +54,16 @@ like(sql(q{SELECT detail FROM cohortsync.status() WHERE check_name = 'history re
 sql(q{SELECT page('add_members', 'r5', ARRAY['Z'], '1')});
 ok(outbox_empty($node, 30), 'delivery goes on');
 $node->stop;
+
+# A server that does not preload the library has no delivery worker: the status says so.
+my $plain = PostgreSQL::Test::Cluster->new('plain');
+$plain->init;
+$plain->start;
+$plain->safe_psql('postgres', 'CREATE EXTENSION cohortsync');
+$plain->safe_psql('postgres', "BEGIN; SET LOCAL log_statement = 'none';
+    SELECT cohortsync.connect_clevertap('ct', 'ACC', '$PASSCODE', 'eu1', '$ct->{url}'); COMMIT;");
+is($plain->safe_psql('postgres', 'SELECT reason FROM cohortsync.destination_status'),
+	'cohortsync is not in shared_preload_libraries: no delivery worker runs',
+	'status: without preloading, the reason says no delivery worker runs');
+$plain->stop;
 done_testing();
