@@ -5,7 +5,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(29);
+SELECT plan(32);
 
 SELECT cohortsync.connect_clevertap('ct', 'ACC', 'cs-secret-history', 'eu1', 'http://127.0.0.1:9');
 SELECT cohortsync.pause_destination('ct');
@@ -92,6 +92,20 @@ SELECT throws_ok($$SELECT * FROM cohortsync.members_at('1001', 'h', '2024-01-02'
 
 SELECT is((SELECT p::text FROM cohortsync.prune_history(now() - '2024-01-03 12:00'::timestamptz) p),
           '(0,0,0)', 'pruning again to the same horizon deletes nothing');
+
+-------------------------------------------------------------------------------
+-- What the foreign keys did (0.3.0 replaced them with triggers, for pg_restore --jobs)
+-------------------------------------------------------------------------------
+DELETE FROM cohortsync.cohorts WHERE cohort_id = 'h';
+SELECT is((SELECT count(*) FROM cohortsync.sync_sessions WHERE cohort_id = 'h')
+          + (SELECT count(*) FROM cohortsync.sync_pages WHERE cohort_id = 'h'), 0::bigint,
+          'deleting a cohort deletes its sessions and their pages');
+UPDATE cohortsync.destinations SET name = 'ct-renamed' WHERE name = 'ct';
+SELECT is((SELECT string_agg(name, ',') FROM cohortsync.destination_secrets), 'ct-renamed',
+          'renaming a destination renames its passcode''s row');
+SELECT cohortsync.disconnect_clevertap('ct-renamed');
+SELECT is((SELECT count(*) FROM cohortsync.destination_secrets), 0::bigint,
+          'disconnecting a destination deletes its passcode');
 
 SELECT * FROM finish();
 ROLLBACK;
