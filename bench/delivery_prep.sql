@@ -13,7 +13,9 @@ VALUES ('1001', 'bench', 'Bench cohort', 0);
 
 -- A backlog the real way: rows in membership_changes, turned into outbox rows (an event
 -- and a profile record per change) by the statement-level trigger, in one statement.
-CREATE FUNCTION bench.fill(tag text, n int) RETURNS bigint LANGUAGE sql AS $$
+-- The trigger queues only what ingest writes unless cohortsync.queue_changes is on.
+CREATE FUNCTION bench.fill(tag text, n int) RETURNS bigint LANGUAGE sql
+SET cohortsync.queue_changes = on AS $$
   WITH ins AS (
     INSERT INTO cohortsync.membership_changes (project_id, cohort_id, distinct_id, change, session_id, properties)
     SELECT '1001', 'bench', tag || '-' || i, 'added', tag,

@@ -1,7 +1,9 @@
 -- cohortsync 0.2.0 -> 0.3.0
 --
--- CREATE EXTENSION cohortsync installs 0.1.0 and runs the deltas in order; every
--- change after 0.2.0 goes here.
+-- Full syncs applied in the background (issue #11); operations (issue #12): dump
+-- and restore, a status that tells the truth, bounded history, and the version
+-- of the library and of the SQL objects.
+-- CREATE EXTENSION runs 0.1.0, then 0.1.0--0.2.0, then this file.
 \echo Use "ALTER EXTENSION cohortsync UPDATE TO '0.3.0'" to load this file. \quit
 
 -------------------------------------------------------------------------------
@@ -52,8 +54,9 @@ CREATE TABLE cohortsync.apply_queue (
     last_names   text[],
     properties   jsonb[],
     queued_at    timestamptz NOT NULL DEFAULT now(),
-    CHECK ((action = 'members') = (distinct_ids IS NULL)),
-    FOREIGN KEY (project_id, cohort_id) REFERENCES cohortsync.cohorts ON DELETE CASCADE
+    CHECK ((action = 'members') = (distinct_ids IS NULL))
+    -- no foreign key to cohorts: see "pg_restore --jobs" below; a cohort's
+    -- deletion deletes its queue through cohorts_delete_members
 );
 CREATE INDEX apply_queue_cohort_idx ON cohortsync.apply_queue (project_id, cohort_id, id);
 COMMENT ON TABLE cohortsync.apply_queue IS
@@ -72,3 +75,542 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION cohortsync.apply_pending() IS
     'Apply the queued full-sync swaps and deferred diff pages now; returns how many were applied.';
 REVOKE ALL ON FUNCTION cohortsync.apply_pending() FROM PUBLIC;
+
+
+-------------------------------------------------------------------------------
+-- Dump and restore (issue #12, part 1).
+--
+-- pg_restore COPYs membership_changes back into a database where CREATE
+-- EXTENSION has just made the outbox triggers, and the statement-level
+-- trigger queued the whole history again: the COPY of the dumped outbox then
+-- failed on its primary key (pg_restore exit 1), and with an empty dumped
+-- queue every old change was sent again, even to destinations connected after
+-- it. The triggers now queue only what cohortsync itself records: ingest sets
+-- cohortsync.queue_changes for its own statements (src/change_origin.c). A
+-- restore's COPY, or any other write to the tables, queues nothing; users' own
+-- triggers on the tables fire as before.
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION cohortsync._queue_changes()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
+    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
+    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
+    -- server not restarted yet) defines its other settings and not this one, and
+    -- never sets it: its ingest is queued as before rather than lost.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
+       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    -- Nothing connected: nothing to queue. (The transition table has been
+    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+        RETURN NULL;
+    END IF;
+    -- Within one statement every (cohort, member) changes once, so the records
+    -- of one identity made here commute; no ORDER BY (it would sort millions).
+    --
+    -- The subquery x computes both records of a (change, destination) once;
+    -- OFFSET 0 keeps the planner from pulling it up into the VALUES list, which
+    -- would evaluate its expressions once per reference.
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT x.destination, cohortsync._identity_key(x.identity), r.record, x.change_id, r.phone_dropped
+      FROM (SELECT d.name AS destination, m.identity, c.id AS change_id,
+                   jsonb_build_object(
+                       'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', d.event_name,
+                       'evtData', jsonb_build_object(
+                           'Partner Segment Name', m.cohort_name,
+                           'Action', CASE WHEN m.added THEN 'Added' ELSE 'Removed' END,
+                           'Partner Segment ID', c.cohort_id,
+                           'CT Source', 'Mixpanel',
+                           'Partner Name', 'Mixpanel')) AS event,
+                   m.ts,
+                   CASE WHEN d.cohorts_property IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object(d.cohorts_property,
+                                 jsonb_build_object(CASE WHEN m.added THEN '$add' ELSE '$remove' END,
+                                                    jsonb_build_array(m.cohort_name)))
+                   END
+                   || CASE WHEN m.added THEN cohortsync._profile_fields(
+                             c.properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
+                             c.properties ->> 'first_name', c.properties ->> 'last_name')
+                           ELSE '{}'::jsonb
+                      END AS profile_data,
+                   m.added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
+              FROM new_changes c
+              LEFT JOIN cohortsync.cohorts co
+                     ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+             CROSS JOIN cohortsync.destinations d
+             CROSS JOIN LATERAL (
+                SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                  FROM (SELECT cohortsync._clevertap_identity(c.properties, d.identity_property,
+                                                              c.distinct_id) AS identity,
+                               floor(extract(epoch FROM c.changed_at))::bigint AS ts,
+                               coalesce(co.name, c.cohort_id) AS cohort_name,
+                               c.change = 'added' AS added,
+                               cohortsync._normalize_phone(c.properties ->> 'phone_number') AS phone
+                        OFFSET 0) y
+                OFFSET 0) m
+            OFFSET 0) x
+     CROSS JOIN LATERAL (VALUES
+        (x.event, x.phone_dropped),
+        (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
+            'identity', x.identity, 'type', 'profile', 'ts', x.ts,
+            'profileData', x.profile_data) END,
+         false)) r(record, phone_dropped)
+     WHERE r.record IS NOT NULL;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION cohortsync._queue_profile_updates()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
+    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
+    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
+    -- server not restarted yet) defines its other settings and not this one, and
+    -- never sets it: its ingest is queued as before rather than lost.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
+       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    -- Nothing connected: nothing to queue. (The transition table has been
+    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(m.identity),
+           jsonb_build_object('identity', m.identity, 'type', 'profile',
+                              'ts', floor(extract(epoch FROM now()))::bigint,
+                              'profileData', pd.profile_data),
+           NULL, m.phone IS NOT NULL AND NOT p.phone_ok
+      FROM new_members nm
+      JOIN old_members om
+        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
+       AND om.distinct_id = nm.distinct_id
+     CROSS JOIN cohortsync.destinations d
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._clevertap_identity(nm.properties, d.identity_property,
+                                              nm.distinct_id) AS identity,
+               cohortsync._normalize_phone(nm.phone) AS phone) m
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._profile_fields(nm.email, CASE WHEN p.phone_ok THEN m.phone END,
+                                          nm.first_name, nm.last_name) AS profile_data) pd
+     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
+           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
+       AND pd.profile_data <> '{}'::jsonb;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- pg_restore --jobs loads the tables' data in parallel, in any order, into
+-- tables CREATE EXTENSION made with their constraints: the foreign keys of
+-- sync_sessions (to cohorts), sync_pages (to sync_sessions) and
+-- destination_secrets (to destinations) failed whenever a child table's COPY
+-- ran before its parent's (pg_restore exit 1, the child table left empty). The
+-- keys go; what they did on delete (and on a destination's rename) is done by
+-- statement-level triggers, as members and staged_members always were (see
+-- cohorts_delete_members). Ingest and connect_clevertap write parents first.
+ALTER TABLE cohortsync.sync_sessions DROP CONSTRAINT sync_sessions_project_id_cohort_id_fkey;
+ALTER TABLE cohortsync.sync_pages DROP CONSTRAINT sync_pages_project_id_cohort_id_session_id_action_fkey;
+ALTER TABLE cohortsync.destination_secrets DROP CONSTRAINT destination_secrets_name_fkey;
+
+CREATE OR REPLACE FUNCTION cohortsync._delete_cohort_members()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.members m USING old_cohorts o
+     WHERE m.project_id = o.project_id AND m.cohort_id = o.cohort_id;
+    DELETE FROM cohortsync.staged_members s USING old_cohorts o
+     WHERE s.project_id = o.project_id AND s.cohort_id = o.cohort_id;
+    DELETE FROM cohortsync.apply_queue q USING old_cohorts o
+     WHERE q.project_id = o.project_id AND q.cohort_id = o.cohort_id;
+    -- its sessions (and, by their trigger, their pages)
+    DELETE FROM cohortsync.sync_sessions s USING old_cohorts o
+     WHERE s.project_id = o.project_id AND s.cohort_id = o.cohort_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION cohortsync._delete_session_pages()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.sync_pages p USING old_sessions o
+     WHERE p.project_id = o.project_id AND p.cohort_id = o.cohort_id
+       AND p.session_id = o.session_id AND p.action = o.action;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER sync_sessions_delete_pages
+    AFTER DELETE ON cohortsync.sync_sessions
+    REFERENCING OLD TABLE AS old_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._delete_session_pages();
+REVOKE ALL ON FUNCTION cohortsync._delete_session_pages() FROM PUBLIC;
+
+CREATE FUNCTION cohortsync._destination_secrets_follow()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM cohortsync.destination_secrets s WHERE s.name = OLD.name;
+    ELSIF NEW.name IS DISTINCT FROM OLD.name THEN
+        UPDATE cohortsync.destination_secrets s SET name = NEW.name WHERE s.name = OLD.name;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER destinations_secrets_follow
+    AFTER DELETE OR UPDATE OF name ON cohortsync.destinations
+    FOR EACH ROW EXECUTE FUNCTION cohortsync._destination_secrets_follow();
+REVOKE ALL ON FUNCTION cohortsync._destination_secrets_follow() FROM PUBLIC;
+
+-- A restore that leaves the passcodes out (--exclude-table-data of
+-- destination_secrets) has destinations without a row here; setting the
+-- passcode then said 'destination "..." does not exist' because it only
+-- updated an existing row. It now stores the passcode of any destination.
+CREATE OR REPLACE FUNCTION cohortsync.set_clevertap_passcode(name text, passcode text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+AS $$
+BEGIN
+    IF passcode IS NULL OR passcode = '' THEN
+        RAISE EXCEPTION 'a CleverTap destination needs a passcode'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = set_clevertap_passcode.name) THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO cohortsync.destination_secrets AS s (name, passcode)
+    VALUES (set_clevertap_passcode.name, set_clevertap_passcode.passcode)
+        ON CONFLICT ON CONSTRAINT destination_secrets_pkey
+        DO UPDATE SET passcode = EXCLUDED.passcode;
+    PERFORM cohortsync._wake_delivery();
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Versions (issue #12): the loaded library's and the SQL objects'.
+-------------------------------------------------------------------------------
+CREATE FUNCTION cohortsync._library_version()
+RETURNS text
+AS 'MODULE_PATHNAME', 'cohortsync_library_version'
+LANGUAGE C STRICT STABLE;
+
+CREATE FUNCTION cohortsync.version(OUT library_version text, OUT sql_version text)
+RETURNS record LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT cohortsync._library_version(),
+           (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')
+$$;
+COMMENT ON FUNCTION cohortsync.version() IS
+    'The version of the loaded library and of the extension''s SQL objects (pg_extension.extversion).';
+
+-------------------------------------------------------------------------------
+-- A status that tells the truth (issue #12, part 4).
+--
+-- destination_status said 'active' with no error while nothing could move: no
+-- worker serving the database (library not preloaded, cohortsync.database
+-- naming another one), no passcode stored, SQL objects older than the library.
+-- reason (a new last column) says why a destination's records are not moving,
+-- NULL when nothing stands in their way.
+-------------------------------------------------------------------------------
+
+-- Why no delivery worker sends this database's records (NULL: one does, and
+-- the SQL objects, sql_version, are the library's). Executable by PUBLIC like
+-- _worker_in_flight(): destination_status calls it with the reader's rights.
+-- It tells no more than whether and where the worker runs.
+CREATE FUNCTION cohortsync._delivery_blocker(sql_version text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'cohortsync_delivery_blocker'
+LANGUAGE C VOLATILE;
+
+-- Same columns, same order as 0.2.0, and reason.
+CREATE OR REPLACE VIEW cohortsync.destination_status AS
+SELECT d.name,
+       d.state,
+       d.paused_reason                         AS state_reason,
+       d.paused_at,
+       greatest(coalesce(o.pending, 0) - coalesce(w.records, 0), 0) AS pending,
+       coalesce(o.in_flight, 0) + least(coalesce(w.records, 0), coalesce(o.pending, 0)) AS in_flight,
+       coalesce(s.delivered, 0)                AS delivered,
+       (SELECT count(*) FROM cohortsync.failed_records f
+         WHERE f.destination = d.name)         AS failed,
+       now() - o.oldest                        AS oldest_pending_age,
+       s.last_success_at,
+       s.last_error,
+       s.last_error_at,
+       coalesce(s.phones_dropped, 0)           AS phones_dropped,
+       coalesce(s.requests, 0)                 AS requests,
+       -- every obstacle, the one of the whole database first
+       nullif(concat_ws('; ',
+         b.blocker,
+         CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
+              THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()' END,
+         CASE WHEN d.state = 'paused'
+              THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
+                   || ' (call cohortsync.resume_destination())' END,
+         CASE WHEN o.retry_waiting > 0
+              THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
+                          o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
+         '')                                   AS reason
+  FROM cohortsync.destinations d
+  LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
+  LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
+  CROSS JOIN (SELECT cohortsync._delivery_blocker(
+                  (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')) AS blocker) b
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE x.lease_until IS NULL OR x.lease_until < now()) AS pending,
+               count(*) FILTER (WHERE x.lease_until >= now())                         AS in_flight,
+               min(x.created_at)                                                      AS oldest,
+               count(*) FILTER (WHERE x.attempts > 0 AND x.next_attempt_at > now())   AS retry_waiting,
+               min(x.next_attempt_at) FILTER (WHERE x.attempts > 0
+                                              AND x.next_attempt_at > now())          AS next_retry
+          FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
+COMMENT ON VIEW cohortsync.destination_status IS
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, and the reason nothing moves (NULL: nothing in the way).';
+
+-------------------------------------------------------------------------------
+-- Bounded history (issue #12, part 5).
+--
+-- membership_changes and sync_pages grow for ever. prune_history() deletes
+-- what is older than a horizon, and the delivery worker does it on its own
+-- with cohortsync.history_retention. Current membership is never touched, nor
+-- the outbox and failed records (they are self-contained: a record carries
+-- everything CleverTap gets; change_id only groups a change's two records).
+-- For every member, the last change before the horizon is kept when it is an
+-- 'added': so members_at() answers exactly for any instant from the horizon on.
+-------------------------------------------------------------------------------
+
+-- The horizon of the last pruning: members_at() refuses instants before it.
+CREATE TABLE cohortsync.history_pruned (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    pruned_before  timestamptz NOT NULL,
+    pruned_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE cohortsync.history_pruned IS
+    'The horizon history was last pruned to: membership_changes before it are incomplete.';
+REVOKE ALL ON cohortsync.history_pruned FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.history_pruned', '');
+
+-- Prune the history of one cohort: of every member's changes before the
+-- horizon, keep only the last, and only if it is an 'added'.
+CREATE FUNCTION cohortsync._prune_cohort_history(p_project text, p_cohort text, p_horizon timestamptz)
+RETURNS bigint LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH ranked AS (
+        SELECT c.id, c.change,
+               row_number() OVER (PARTITION BY c.distinct_id ORDER BY c.id DESC) AS rn
+          FROM cohortsync.membership_changes c
+         WHERE c.project_id = p_project AND c.cohort_id = p_cohort AND c.changed_at < p_horizon),
+    gone AS (
+        DELETE FROM cohortsync.membership_changes m
+         USING ranked r
+         WHERE m.id = r.id AND (r.rn > 1 OR r.change = 'removed')
+        RETURNING 1)
+    SELECT count(*) FROM gone
+$$;
+
+-- One step of pruning, in the caller's transaction: the changes of the next
+-- cohort after (p_project, p_cohort); the first step (NULLs) records the
+-- horizon, the last (no cohort left: no row) prunes finished sessions and
+-- their pages. The delivery worker runs one step per short transaction.
+CREATE FUNCTION cohortsync._prune_history_step(p_horizon timestamptz, p_project text, p_cohort text,
+                                               OUT project_id text, OUT cohort_id text,
+                                               OUT changes bigint, OUT sessions bigint, OUT pages bigint)
+RETURNS record LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_project IS NULL THEN
+        INSERT INTO cohortsync.history_pruned AS h (pruned_before) VALUES (p_horizon)
+            ON CONFLICT (singleton) DO UPDATE
+            SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before), pruned_at = now();
+    END IF;
+    SELECT c.project_id, c.cohort_id INTO _prune_history_step.project_id, _prune_history_step.cohort_id
+      FROM cohortsync.cohorts c
+     WHERE p_project IS NULL OR (c.project_id, c.cohort_id) > (p_project, p_cohort)
+     ORDER BY c.project_id, c.cohort_id
+     LIMIT 1;
+    IF FOUND THEN
+        changes := cohortsync._prune_cohort_history(_prune_history_step.project_id,
+                                                     _prune_history_step.cohort_id, p_horizon);
+        RETURN;
+    END IF;
+    -- finished sessions (never a cohort's last one: a page of it sent again
+    -- must still be known) and their pages
+    WITH doomed AS (
+        SELECT s.project_id, s.cohort_id, s.session_id, s.action
+          FROM cohortsync.sync_sessions s
+         WHERE s.state IN ('completed', 'superseded')
+           AND coalesce(s.completed_at, s.superseded_at, s.last_page_at) < p_horizon
+           AND s.last_page_at < p_horizon
+           -- nor a session with a page still waiting to be applied
+           AND NOT EXISTS (SELECT FROM cohortsync.apply_queue q
+                            WHERE q.project_id = s.project_id AND q.cohort_id = s.cohort_id
+                              AND q.session_id = s.session_id AND q.action = s.action)
+           AND NOT EXISTS (SELECT FROM cohortsync.cohorts c
+                            WHERE c.project_id = s.project_id AND c.cohort_id = s.cohort_id
+                              AND c.last_session_id = s.session_id)),
+    gone_pages AS (
+        DELETE FROM cohortsync.sync_pages p USING doomed d
+         WHERE p.project_id = d.project_id AND p.cohort_id = d.cohort_id
+           AND p.session_id = d.session_id AND p.action = d.action
+        RETURNING 1),
+    gone_sessions AS (
+        DELETE FROM cohortsync.sync_sessions s USING doomed d
+         WHERE s.project_id = d.project_id AND s.cohort_id = d.cohort_id
+           AND s.session_id = d.session_id AND s.action = d.action
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM gone_sessions), (SELECT count(*) FROM gone_pages)
+      INTO sessions, pages;
+    project_id := NULL;
+    cohort_id := NULL;
+END
+$$;
+
+CREATE FUNCTION cohortsync.prune_history(older_than interval,
+                                         OUT changes bigint, OUT sessions bigint, OUT pages bigint)
+RETURNS record LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_horizon timestamptz;
+    v_step    record;
+    v_project text;
+    v_cohort  text;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be an interval of zero or more'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_horizon := now() - older_than;
+    changes := 0;
+    LOOP
+        v_step := cohortsync._prune_history_step(v_horizon, v_project, v_cohort);
+        changes := changes + coalesce(v_step.changes, 0);
+        IF v_step.project_id IS NULL THEN
+            sessions := v_step.sessions;
+            pages := v_step.pages;
+            EXIT;
+        END IF;
+        v_project := v_step.project_id;
+        v_cohort := v_step.cohort_id;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.prune_history(interval) IS
+    'Delete history older than the interval (never current membership or queued records); returns what it deleted.';
+
+-- Who was in the cohort at an instant, from the history: every member whose
+-- last change at or before it is an 'added', with the member as sent then.
+CREATE FUNCTION cohortsync.members_at(project_id text, cohort_id text, at timestamptz)
+RETURNS TABLE (distinct_id text, properties jsonb, joined_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_horizon timestamptz;
+BEGIN
+    SELECT h.pruned_before INTO v_horizon FROM cohortsync.history_pruned h;
+    IF at < v_horizon THEN
+        RAISE EXCEPTION 'the history before % has been pruned', v_horizon
+            USING ERRCODE = 'data_exception',
+                  DETAIL = format('members_at() answers for instants from %s on.', v_horizon),
+                  HINT = 'cohortsync.history_retention and cohortsync.prune_history() set how far back the history goes.';
+    END IF;
+    RETURN QUERY
+    SELECT l.distinct_id::text, l.properties, l.changed_at
+      FROM (SELECT DISTINCT ON (c.distinct_id) c.distinct_id, c.change, c.properties, c.changed_at
+              FROM cohortsync.membership_changes c
+             WHERE c.project_id = members_at.project_id AND c.cohort_id = members_at.cohort_id
+               AND c.changed_at <= members_at.at
+             ORDER BY c.distinct_id, c.id DESC) l
+     WHERE l.change = 'added'
+     ORDER BY l.distinct_id;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.members_at(text, text, timestamptz) IS
+    'The members of a cohort at an instant, replayed from membership_changes (an error before the pruning horizon).';
+
+REVOKE ALL ON FUNCTION cohortsync._prune_cohort_history(text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._prune_history_step(timestamptz, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.prune_history(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.members_at(text, text, timestamptz) FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- cohortsync.status(): everything that decides whether records move, one row
+-- per check. Owner-only, like every function.
+-------------------------------------------------------------------------------
+CREATE FUNCTION cohortsync.status()
+RETURNS TABLE (check_name text, ok boolean, detail text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sql     text := (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync');
+    v_lib     text := cohortsync._library_version();
+    v_blocker text := cohortsync._delivery_blocker(v_sql);
+    v_ret     text := current_setting('cohortsync.history_retention', true);
+    v_horizon timestamptz := (SELECT h.pruned_before FROM cohortsync.history_pruned h);
+    r         record;
+BEGIN
+    check_name := 'versions';
+    ok := v_lib = v_sql OR v_lib = 'unknown';
+    detail := format('library %s, SQL objects %s', v_lib, v_sql)
+              || CASE WHEN ok THEN '' ELSE ': run ALTER EXTENSION cohortsync UPDATE' END;
+    RETURN NEXT;
+    check_name := 'delivery worker';
+    ok := v_blocker IS NULL;
+    detail := coalesce(v_blocker, format('serving database %s', current_database()));
+    RETURN NEXT;
+    FOR r IN SELECT s.name, s.reason FROM cohortsync.destination_status s ORDER BY s.name LOOP
+        check_name := 'destination ' || r.name;
+        ok := r.reason IS NULL;
+        detail := coalesce(r.reason, 'active');
+        RETURN NEXT;
+    END LOOP;
+    check_name := 'history retention';
+    ok := true;
+    detail := CASE WHEN v_ret IS NULL OR v_ret IN ('0', '0min') THEN 'kept for ever (cohortsync.history_retention is off)'
+                   ELSE format('pruned by the delivery worker after %s', v_ret) END
+              || CASE WHEN v_horizon IS NULL THEN '' ELSE format('; complete from %s on', v_horizon) END;
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.status() IS
+    'One row per check (versions, delivery worker, each destination, history retention): ok, and what is wrong.';
+
+REVOKE ALL ON FUNCTION cohortsync._library_version() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.version() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.status() FROM PUBLIC;

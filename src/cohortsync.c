@@ -15,8 +15,10 @@
 #include "utils/guc.h"
 
 #include "apply.h"
+#include "change_origin.h"
 #include "delivery.h"
 #include "guc_common.h"
+#include "history_prune.h"
 #include "http_listener.h"
 #include "pg_compat.h"
 #include "worker_db.h"
@@ -30,6 +32,8 @@ _PG_init(void)
 {
 	/* each part's init function goes here, before the prefix is reserved */
 	cs_define_common_gucs();
+	cs_change_origin_init();
+	cs_history_prune_init();
 	cs_worker_db_init();
 	cs_delivery_init();
 	cs_http_listener_init();

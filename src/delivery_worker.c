@@ -62,6 +62,7 @@
 #include "clevertap_http.h"
 #include "delivery.h"
 #include "guc_common.h"
+#include "history_prune.h"
 #include "outbox.h"
 #include "pg_compat.h"
 #include "worker_db.h"
@@ -79,6 +80,9 @@ static int	cs_poll_interval_ms = 5000;
 /* CleverTap's limits: records per request, concurrent requests per account */
 #define CT_MAX_BATCH 1000
 #define CT_MAX_CONCURRENT 15
+
+/* While a pass of history pruning goes on, its steps run this often (ms). */
+#define PRUNE_PAUSE_MS 1000
 
 /* Errors of the same kind are logged at most this often. */
 #define LOG_INTERVAL_MS 60000
@@ -236,6 +240,26 @@ cohortsync_worker_in_flight(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * For the status functions (status.c): false when shared memory is absent (the
+ * library is not preloaded); else *dboid is the database the delivery worker
+ * is connected to, InvalidOid when none runs.
+ */
+bool
+cs_delivery_worker_database(Oid *dboid)
+{
+	ProcNumber	procno;
+
+	*dboid = InvalidOid;
+	if (cs_shared == NULL)
+		return false;
+	procno = cs_shared->worker_pgprocno;
+	pg_read_barrier();
+	if (procno != INVALID_PROC_NUMBER)
+		*dboid = GetPGProcByNumber(procno)->databaseId;
+	return true;
+}
+
 /*-------------------------------------------------------------------------
  * Registration.
  *-------------------------------------------------------------------------
@@ -359,6 +383,7 @@ static List *requests = NIL;		/* CsRequest *, in flight */
 static int	known_destinations = 0; /* active destinations at the last claim */
 static bool leases_released = false;
 static bool extension_missing_logged = false;
+static bool version_checked = false;	/* the SQL objects' version was compared */
 static TimestampTz last_error_log = 0;
 static uint32 wait_event_delivery;	/* the worker's waits, in pg_stat_activity */
 
@@ -699,6 +724,18 @@ claim_and_send(bool poll)
 				leases_released = true;
 			}
 			dests = cs_outbox_destinations(loop_cxt);
+			if (!version_checked)
+			{
+				char	   *sql_version;
+
+				/* once per installation of the extension */
+				if (cs_sql_version_differs(&sql_version))
+					ereport(LOG,
+							(errmsg("cohortsync delivery: the extension's SQL objects in database \"%s\" are version %s, the library %s; "
+									"run ALTER EXTENSION cohortsync UPDATE there",
+									cs_database, sql_version, cs_library_version())));
+				version_checked = true;
+			}
 		}
 		finish_transaction();
 	}
@@ -717,9 +754,11 @@ claim_and_send(bool poll)
 		/* wait quietly for CREATE EXTENSION */
 		if (!extension_missing_logged)
 			ereport(LOG,
-					(errmsg("cohortsync delivery: extension \"cohortsync\" is not installed in database \"%s\"; waiting",
+					(errmsg("cohortsync delivery: extension \"cohortsync\" is not installed in database \"%s\"; waiting "
+							"(run CREATE EXTENSION cohortsync there, or set cohortsync.database to the database that has it)",
 							cs_database)));
 		extension_missing_logged = true;
+		version_checked = false;
 		known_destinations = 0;
 		/* a new extension has a new queue: forget the cursors */
 		foreach(lc, dest_states)
@@ -982,6 +1021,7 @@ cs_delivery_main(Datum main_arg)
 	for (;;)
 	{
 		bool		settled_any = false;
+		bool		pruning;
 		CsHttpCall *call;
 		TimestampTz now;
 		long		timeout_ms;
@@ -1015,8 +1055,13 @@ cs_delivery_main(Datum main_arg)
 			next_claim = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sleep_ms);
 		}
 
+		/* cohortsync.history_retention: a few ms of pruning, when a pass is due */
+		pruning = cs_history_prune_tick();
+
 		now = GetCurrentTimestamp();
 		timeout_ms = next_claim > now ? (long) ((next_claim - now + 999) / 1000) : 0;
+		if (pruning)
+			timeout_ms = Min(timeout_ms, PRUNE_PAUSE_MS);
 		woken = cs_http_wait(timeout_ms, wait_event_delivery);
 	}
 

@@ -33,6 +33,7 @@
 #include "utils/lsyscache.h"
 
 #include "apply.h"
+#include "change_origin.h"
 #include "membership.h"
 
 /*
@@ -472,6 +473,8 @@ guard_swap_plans(void)
 	set_local("enable_seqscan", "on");
 	/* the disabled nested loop inflates small swaps' costs past jit_above_cost */
 	set_local("jit", "off");
+	/* what the swap writes is queued for delivery (change_origin.c) */
+	cs_mark_ingest();
 	return nestlevel;
 }
 
@@ -495,6 +498,8 @@ guard_page_plans(void)
 
 	set_local("enable_seqscan", "off");
 	set_local("jit", "off");
+	/* what the page writes is queued for delivery (change_origin.c) */
+	cs_mark_ingest();
 	return nestlevel;
 }
 

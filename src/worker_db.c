@@ -336,11 +336,8 @@ wait_for_database(CsWorkerKind kind, const char *name)
 		}
 		if (!logged)
 			ereport(LOG,
-					(errmsg("%s: database \"%s\" does not exist or does not allow connections; waiting for it",
-							name, cs_database),
-					 errdetail("The database named by cohortsync.database is needed to run."),
-					 errhint("Create the database, or set cohortsync.database to another one and restart the server. "
-							 "Nothing more is logged until the database is there.")));
+					(errmsg("%s: cohortsync.database: database \"%s\" does not exist or does not allow connections; waiting for it",
+							name, cs_database)));
 		logged = true;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -61,18 +61,21 @@ SELECT is(pg_temp.rels('cs_test_reader', 'SELECT'),
           'the reader may read membership, history, sync state and the status view, nothing else');
 SELECT is(pg_temp.rels('cs_test_reader', :writes), '{}', 'the reader may write no table');
 SELECT is(pg_temp.seqs('cs_test_reader'), '{}', 'nor use a sequence');
--- _worker_in_flight() is PUBLIC's: destination_status reads in_flight from it
-SELECT is(array_remove(pg_temp.funcs('cs_test_reader'), 'cohortsync._worker_in_flight()'), '{}',
+-- _worker_in_flight() and _delivery_blocker(text) are PUBLIC's: destination_status
+-- reads in_flight and reason from them
+SELECT is(array_remove(array_remove(pg_temp.funcs('cs_test_reader'), 'cohortsync._worker_in_flight()'),
+                       'cohortsync._delivery_blocker(text)'), '{}',
           'nor call any function');
 SELECT is(pg_temp.rels('cs_test_ingest', 'SELECT'), '{}', 'the ingest role may read no table');
 SELECT is(pg_temp.rels('cs_test_ingest', :writes), '{}', 'nor write one');
 SELECT is(pg_temp.seqs('cs_test_ingest'), '{}', 'nor use a sequence');
-SELECT is(array_remove(pg_temp.funcs('cs_test_ingest'), 'cohortsync._worker_in_flight()'),
+SELECT is(array_remove(array_remove(pg_temp.funcs('cs_test_ingest'), 'cohortsync._worker_in_flight()'),
+                       'cohortsync._delivery_blocker(text)'),
           ARRAY['cohortsync.ingest(jsonb)'],
           'and may call ingest(jsonb) only');
 SELECT is(pg_temp.rels('public', 'SELECT') || pg_temp.rels('public', :writes) || pg_temp.seqs('public')
-          || pg_temp.funcs('public'), ARRAY['cohortsync._worker_in_flight()'],
-          'PUBLIC holds nothing but the status view''s in-flight counts (and no USAGE on the schema)');
+          || pg_temp.funcs('public'), ARRAY['cohortsync._delivery_blocker(text)', 'cohortsync._worker_in_flight()'],
+          'PUBLIC holds nothing but the status view''s in-flight counts and reason (and no USAGE on the schema)');
 SELECT ok(NOT has_schema_privilege('public', 'cohortsync', 'USAGE'), 'PUBLIC may not use the schema');
 SELECT ok(NOT has_schema_privilege('public', 'cohortsync', 'USAGE, CREATE'), 'not even the schema');
 SELECT ok(NOT has_schema_privilege('cs_test_reader', 'cohortsync', 'CREATE')
@@ -95,7 +98,7 @@ SELECT is(ARRAY(SELECT a.attname::text FROM pg_attribute a
                  ORDER BY a.attnum),
           ARRAY['name', 'state', 'state_reason', 'paused_at', 'pending', 'in_flight', 'delivered',
                 'failed', 'oldest_pending_age', 'last_success_at', 'last_error', 'last_error_at',
-                'phones_dropped', 'requests'],
+                'phones_dropped', 'requests', 'reason'],
           'destination_status has these columns (a new one must be checked for secrets here)');
 SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
                  WHERE c.relnamespace = 'cohortsync'::regnamespace AND c.relkind IN ('v', 'm')
@@ -206,7 +209,8 @@ SELECT results_eq('SELECT * FROM cohortsync.destination_secrets', 'SELECT * FROM
 GRANT SELECT ON cohortsync.destinations TO cs_test_reader;     -- granted by hand, too
 SELECT lives_ok($$SELECT cohortsync.revoke_access('cs_test_reader')$$, 'revoke_access');
 SELECT is(pg_temp.rels('cs_test_reader', 'SELECT')
-          || array_remove(pg_temp.funcs('cs_test_reader'), 'cohortsync._worker_in_flight()'), '{}',
+          || array_remove(array_remove(pg_temp.funcs('cs_test_reader'), 'cohortsync._worker_in_flight()'),
+                          'cohortsync._delivery_blocker(text)'), '{}',
           'the reader holds nothing any more');
 SELECT ok(NOT has_schema_privilege('cs_test_reader', 'cohortsync', 'USAGE'), 'not even USAGE');
 SELECT lives_ok($$SELECT cohortsync.revoke_access('cs_test_ingest')$$, 'revoke_access of the ingest role');

@@ -53,6 +53,11 @@ SELECT count(*) FILTER (WHERE claimable) AS claimable, count(*) AS walked
   FROM cohortsync._claim_due('ct', 1000, 0);
 SELECT pending + in_flight AS queued FROM cohortsync.destination_status;
 
+-- no foreign keys between the extension's tables any more (pg_restore --jobs loads
+-- them in any order); triggers do their cascades
+SELECT count(*) AS foreign_keys FROM pg_constraint
+ WHERE contype = 'f' AND connamespace = 'cohortsync'::regnamespace;
+
 -- the chain of scripts reaches every released version
 SELECT target FROM pg_extension_update_paths('cohortsync')
  WHERE source = '0.1.0' AND path IS NOT NULL ORDER BY target;
