@@ -236,6 +236,32 @@ put_string(CsJobData *data, Size *off, Size at, const char *s, Size len)
 }
 
 /*
+ * A segment of size bytes, or NULL (the error logged) if it cannot be made:
+ * e.g. /dev/shm is full, and then this request fails, not the acceptor. A
+ * function of its own, so that no caller's local lives across the longjmp.
+ */
+static dsm_segment *
+create_segment(Size size)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	dsm_segment *volatile seg = NULL;
+
+	PG_TRY();
+	{
+		seg = dsm_create(size, DSM_CREATE_NULL_IF_MAXSEGMENTS);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		seg = NULL;
+	}
+	PG_END_TRY();
+	return seg;
+}
+
+/*
  * Make the job's segment: the credentials, the body and room for the answer.
  * false (and a log line) if shared memory is short; the job is then answered
  * 503.
@@ -248,23 +274,10 @@ make_segment(CsHttpJob *job)
 	Size		answer_space = job->len + CS_JOB_ANSWER_SPACE;
 	Size		size;
 	CsJobData  *data;
-	MemoryContext oldcxt = CurrentMemoryContext;
 
 	size = add_size(offsetof(CsJobData, data), ulen + plen + job->len + 3);
 	size = add_size(size, answer_space);
-	PG_TRY();
-	{
-		job->seg = dsm_create(size, DSM_CREATE_NULL_IF_MAXSEGMENTS);
-	}
-	PG_CATCH();
-	{
-		/* e.g. /dev/shm is full: this request fails, not the acceptor */
-		MemoryContextSwitchTo(oldcxt);
-		EmitErrorReport();
-		FlushErrorState();
-		job->seg = NULL;
-	}
-	PG_END_TRY();
+	job->seg = create_segment(size);
 	if (job->seg == NULL)
 	{
 		ereport(LOG,
