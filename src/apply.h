@@ -31,9 +31,6 @@ extern int64 cs_apply_cohort_queue(const char *project_id, const char *cohort_id
 /* apply_queue.c: does the schema have the queue (0.3.0 and later)? */
 extern bool cs_apply_queue_installed(void);
 
-/* apply_worker.c: wake the apply worker when the current transaction commits. */
-extern void cs_apply_wake_at_commit(void);
-
 /* apply_worker.c: settings and, when preloading, the worker. */
 extern void cs_apply_init(void);
 

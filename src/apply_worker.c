@@ -34,7 +34,6 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
-#include "storage/shmem.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -59,96 +58,6 @@ PGDLLEXPORT void cs_apply_main(Datum main_arg);
  * Shared memory: where committing backends find the worker's latch.
  *-------------------------------------------------------------------------
  */
-/*
- * The worker's PGPROC, NULL when none runs. A pointer rather than a process
- * number: the PGPROC array sits at the same address in every process, and the
- * number's name and type differ between server versions.
- */
-typedef struct CsApplyShared
-{
-	PGPROC	   *worker;
-} CsApplyShared;
-
-static CsApplyShared *apply_shared = NULL;
-
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
-static void
-apply_shmem_request(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(CsApplyShared)));
-}
-
-static void
-apply_shmem_startup(void)
-{
-	bool		found;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	apply_shared = ShmemInitStruct("cohortsync apply", sizeof(CsApplyShared), &found);
-	if (!found)
-		apply_shared->worker = NULL;
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/*-------------------------------------------------------------------------
- * Commit-time wake-up: the worker's latch is set when (and only if) the
- * transaction that queued something commits, so it never looks too early.
- *-------------------------------------------------------------------------
- */
-static bool wake_at_commit = false;
-
-static void
-wake_xact_callback(XactEvent event, void *arg)
-{
-	PGPROC	   *worker;
-
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			if (!wake_at_commit)
-				break;
-			wake_at_commit = false;
-			worker = apply_shared->worker;
-			pg_read_barrier();
-			/* a stale pointer only costs someone a spurious wake-up */
-			if (worker != NULL)
-				SetLatch(&worker->procLatch);
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			/* prepared transactions are found by the poll */
-			wake_at_commit = false;
-			break;
-		default:
-			break;
-	}
-}
-
-void
-cs_apply_wake_at_commit(void)
-{
-	static bool registered = false;
-
-	/* not preloaded: there is no worker to wake */
-	if (apply_shared == NULL)
-		return;
-	if (!registered)
-	{
-		RegisterXactCallback(wake_xact_callback, NULL);
-		registered = true;
-	}
-	wake_at_commit = true;
-}
-
 /*-------------------------------------------------------------------------
  * Registration.
  *-------------------------------------------------------------------------
@@ -160,11 +69,6 @@ cs_apply_init(void)
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
-
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = apply_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = apply_shmem_startup;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -187,12 +91,6 @@ static TimestampTz last_error_log = 0;
 static bool extension_missing_logged = false;
 /* what the wait loop shows in pg_stat_activity.wait_event (named on 17+) */
 static uint32 wait_event_apply;
-
-static void
-unpublish_worker(int code, Datum arg)
-{
-	apply_shared->worker = NULL;
-}
 
 static void
 start_transaction(const char *activity)
@@ -333,8 +231,6 @@ cs_apply_main(Datum main_arg)
 
 	/* DROP DATABASE and a missing database: see worker_db.c */
 	cs_worker_connect(CS_WORKER_APPLY, WORKER_NAME);
-	apply_shared->worker = MyProc;
-	before_shmem_exit(unpublish_worker, (Datum) 0);
 	pgstat_report_appname(WORKER_NAME);
 	pgstat_report_activity(STATE_IDLE, NULL);
 

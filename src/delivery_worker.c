@@ -146,66 +146,14 @@ cs_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* Set the worker's latch. A stale number only costs someone a spurious wake-up. */
-static void
-wake_worker(void)
-{
-	ProcNumber	procno;
-
-	if (cs_shared == NULL)
-		return;
-	procno = cs_shared->worker_pgprocno;
-	pg_read_barrier();
-	if (procno != INVALID_PROC_NUMBER)
-		SetLatch(&GetPGProcByNumber(procno)->procLatch);
-}
-
-/*-------------------------------------------------------------------------
- * Commit-time wake-up. The outbox trigger calls cohortsync._wake_delivery()
- * when it queued records; the worker's latch is set when (and only if) the
- * transaction commits, so the worker never looks before the rows are visible.
- *-------------------------------------------------------------------------
+/*
+ * cohortsync._wake_delivery(): the outbox trigger calls it when it queued
+ * records; the worker looks once the transaction commits (worker_db.c).
  */
-static bool wake_at_commit = false;
-
-static void
-wake_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wake_at_commit)
-			{
-				wake_at_commit = false;
-				wake_worker();
-			}
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			/* prepared transactions are found by the poll */
-			wake_at_commit = false;
-			break;
-		default:
-			break;
-	}
-}
-
 Datum
 cohortsync_wake_delivery(PG_FUNCTION_ARGS)
 {
-	static bool registered = false;
-
-	/* not preloaded: there is no worker to wake */
-	if (cs_shared == NULL)
-		PG_RETURN_VOID();
-	if (!registered)
-	{
-		RegisterXactCallback(wake_xact_callback, NULL);
-		registered = true;
-	}
-	wake_at_commit = true;
+	cs_worker_wake_at_commit(CS_WORKER_DELIVERY);
 	PG_RETURN_VOID();
 }
 

@@ -35,6 +35,7 @@
 #include "apply.h"
 #include "change_origin.h"
 #include "membership.h"
+#include "worker_db.h"
 
 /*
  * A statement run once per page: planned once per backend and kept. Plans
@@ -712,7 +713,7 @@ cs_apply_page(const CsPage *page, CsApplyResult *result)
 	}
 	result->session_completed = complete;
 	if (result->queued)
-		cs_apply_wake_at_commit();
+		cs_worker_wake_at_commit(CS_WORKER_APPLY);
 
 	/* the session's and the cohort's counters; a queued swap completes later */
 	values[3] = CStringGetTextDatum(action);

@@ -159,6 +159,55 @@ wake_waiters_at_commit(XactEvent event, void *arg)
 		wake_waiters = false;
 }
 
+/*
+ * Kinds whose workers the current transaction wakes at commit (a bit per
+ * kind). A worker that is between two processes (restarting) is not woken;
+ * it looks at everything when it starts.
+ */
+static uint32 wake_kinds = 0;
+
+static void
+wake_kinds_at_commit(XactEvent event, void *arg)
+{
+	if (wake_kinds == 0)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			pg_read_barrier();
+			for (int kind = 0; kind < CS_NUM_WORKERS; kind++)
+				if (wake_kinds & (1U << kind))
+					for (int i = 0; i < CS_MAX_WORKER_INSTANCES; i++)
+						set_latch_of(cs_workers->slots[kind * CS_MAX_WORKER_INSTANCES + i].pgprocno);
+			wake_kinds = 0;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* prepared transactions are found by the workers' polls */
+			wake_kinds = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+cs_worker_wake_at_commit(CsWorkerKind kind)
+{
+	static bool registered = false;
+
+	if (cs_workers == NULL)
+		return;
+	if (!registered)
+	{
+		RegisterXactCallback(wake_kinds_at_commit, NULL);
+		registered = true;
+	}
+	wake_kinds |= 1U << kind;
+}
+
 static void
 worker_db_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 						  ProcessUtilityContext context, ParamListInfo params,

@@ -37,6 +37,14 @@ extern void cs_worker_set_instance(int instance);
  */
 extern void cs_worker_connect(CsWorkerKind kind, const char *name);
 
+/*
+ * Wake the workers of this kind when (and only if) the current transaction
+ * commits, so that they never look before what it wrote is visible: the
+ * outbox trigger wakes delivery, the page that queues a swap wakes apply.
+ * Nothing happens without preloading, when there is no worker to wake.
+ */
+extern void cs_worker_wake_at_commit(CsWorkerKind kind);
+
 /* Does DROP DATABASE ask this (connected) worker to leave? */
 extern bool cs_worker_leave_requested(CsWorkerKind kind);
 
