@@ -55,6 +55,14 @@ extern int	cs_http_workers;
 /* Set by SIGTERM: from then on every request is answered 503. */
 extern volatile sig_atomic_t cs_http_shutdown_requested;
 
+/*
+ * True while the acceptor stops its daemon (a reload, no worker left):
+ * requests that complete meanwhile are answered 503 at once rather than
+ * handed to a worker, since libmicrohttpd cannot stop with a connection
+ * suspended.
+ */
+extern bool cs_http_daemon_stopping;
+
 /* True while a request's transaction runs; SIGTERM then cancels it. */
 extern volatile sig_atomic_t cs_http_in_transaction;
 

@@ -71,6 +71,7 @@ bool		cs_http_require_auth = true;
 int			cs_http_workers = 4;
 
 volatile sig_atomic_t cs_http_shutdown_requested = false;
+bool		cs_http_daemon_stopping = false;
 volatile sig_atomic_t cs_http_in_transaction = false;
 
 static const struct config_enum_entry log_level_options[] = {
@@ -396,9 +397,11 @@ stop_daemon(void)
 	 * libmicrohttpd cannot stop with connections suspended: answer them
 	 * (503), and give the answers one chance to go out.
 	 */
+	cs_http_daemon_stopping = true;
 	cs_http_pool_fail_all();
 	MHD_run(daemon_handle);
 	MHD_stop_daemon(daemon_handle);
+	cs_http_daemon_stopping = false;
 	daemon_handle = NULL;
 	build_wait_set(-1);
 	forget_daemon_settings();

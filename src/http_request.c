@@ -280,6 +280,9 @@ request_received(CsRequest *req, struct MHD_Connection *connection)
 	else if (cs_http_shutdown_requested)
 		cs_http_answer(&answer, MHD_HTTP_SERVICE_UNAVAILABLE, NULL,
 					   "the server is shutting down; retry later", "shutting down");
+	else if (cs_http_daemon_stopping)
+		cs_http_answer(&answer, MHD_HTTP_SERVICE_UNAVAILABLE, NULL,
+					   "the listener is restarting; retry later", "listener restarting");
 	else
 	{
 		/* to a database worker; we are called again when it has answered */
