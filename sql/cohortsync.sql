@@ -20,8 +20,8 @@
 --
 -- No foreign keys between the extension's tables: pg_restore --jobs loads their data
 -- in parallel, in any order, into tables CREATE EXTENSION made with their constraints,
--- and a child table's COPY failed whenever it ran before its parent's; a per-row check
--- would also double the cost of inserting members (a full sync inserts millions).
+-- and a child table's COPY would fail whenever it ran before its parent's; a per-row
+-- check would also double the cost of inserting members (a full sync inserts millions).
 -- Ingest and connect_clevertap write parents first, and what ON DELETE CASCADE would
 -- do is done by statement-level triggers (see "Triggers").
 -------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ CREATE TABLE cohortsync.outbox (
 CREATE INDEX outbox_claim_idx ON cohortsync.outbox (destination, id);
 -- per-identity ordering: is an older row of this identity still waiting or in flight?
 -- destination and identity are opaque keys compared for equality only, so the index
--- compares them byte by byte (a strcoll() per comparison was ~10% of a claim); the
+-- compares them byte by byte (a strcoll() per comparison would be ~10% of a claim); the
 -- probes say COLLATE "C" to use it. (The columns keep the database's collation:
 -- only this index and the probes need "C".)
 CREATE INDEX outbox_identity_idx
@@ -706,7 +706,7 @@ $$;
 -- cohortsync itself records (cohortsync.queue_changes, set by ingest for its own
 -- statements, src/change_origin.c): a restore's COPY of membership_changes would
 -- otherwise queue the whole history again. They return at once when no destination
--- is connected (building records for nobody was ~4 s of a 1M-member swap).
+-- is connected (building records for nobody would be ~4 s of a 1M-member swap).
 CREATE FUNCTION cohortsync._queue_changes()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
