@@ -11,7 +11,13 @@
 EXTENSION   = cohortsync
 MODULE_big  = cohortsync
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
-DATA        = $(sort $(wildcard sql/cohortsync--*.sql))
+# sql/cohortsync.sql is the install script of the current version, kept by hand; it is
+# installed as cohortsync--$(EXTVERSION).sql (built below). The upgrade scripts,
+# cohortsync--<from>--<to>.sql, hold only what changed between two versions.
+# test/t/005_install_equals_upgrade.pl checks that both build the same objects.
+DATA_built  = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA        = $(sort $(wildcard sql/$(EXTENSION)--*--*.sql))
+EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql
 PGFILEDESC  = "cohortsync - Mixpanel cohort sync for PostgreSQL"
 
 # make installcheck: the pg_regress suite, test/sql/*.sql against test/expected/*.out, in
@@ -38,3 +44,16 @@ endif
 
 # a new default_version must reach the objects that carry it
 $(OBJS): $(EXTENSION).control
+
+sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
+	cp $< $@
+
+# The upgrade tests (test/sql/04_upgrade.sql, test/t/005_install_equals_upgrade.pl)
+# start from the released 0.1.0, whose full install script is kept, frozen, in
+# test/upgrade/ and is not installed by `make install`: nobody should install 0.1.0
+# any more. This puts it next to the installed scripts of the server of PG_CONFIG;
+# scripts/test does so in its throwaway installation, `make installcheck` needs it too.
+UPGRADE_TEST_SCRIPTS = $(wildcard test/upgrade/$(EXTENSION)--*.sql)
+.PHONY: install-upgrade-test
+install-upgrade-test:
+	$(INSTALL_DATA) $(addprefix $(srcdir)/, $(UPGRADE_TEST_SCRIPTS)) '$(DESTDIR)$(datadir)/extension/'

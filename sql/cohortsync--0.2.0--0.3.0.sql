@@ -1,9 +1,4 @@
--- cohortsync 0.2.0 -> 0.3.0
---
--- Full syncs applied in the background (issue #11); operations (issue #12): dump
--- and restore, a status that tells the truth, bounded history, and the version
--- of the library and of the SQL objects.
--- CREATE EXTENSION runs 0.1.0, then 0.1.0--0.2.0, then this file.
+-- cohortsync 0.2.0 -> 0.3.0: only what changed (sql/cohortsync.sql is the whole current schema).
 \echo Use "ALTER EXTENSION cohortsync UPDATE TO '0.3.0'" to load this file. \quit
 
 -------------------------------------------------------------------------------

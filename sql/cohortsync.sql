@@ -1,0 +1,1604 @@
+-- cohortsync: Mixpanel cohort membership as a system of record, delivered to CleverTap.
+--
+-- The install script of the current version, kept as the single source of truth:
+-- every object in its final form. The Makefile installs it as
+-- cohortsync--<default_version>.sql. Upgrades of an existing installation run the
+-- cohortsync--<from>--<to>.sql scripts, which hold only what changed; both must
+-- build the same objects (test/t/005_install_equals_upgrade.pl compares them).
+-- The history of the schema is in CHANGELOG.md.
+--
+-- Order: tables (with their indexes and comments), functions, views, triggers,
+-- privileges, the tables pg_dump must keep.
+
+\echo Use "CREATE EXTENSION cohortsync" to load this file. \quit
+
+-------------------------------------------------------------------------------
+-- Tables.
+--
+-- Ids are opaque: they compare byte by byte (COLLATE "C"), which is both the right
+-- order for identifiers and much cheaper for the indexes than a linguistic collation.
+--
+-- No foreign keys between the extension's tables: pg_restore --jobs loads their data
+-- in parallel, in any order, into tables CREATE EXTENSION made with their constraints,
+-- and a child table's COPY would fail whenever it ran before its parent's; a per-row
+-- check would also double the cost of inserting members (a full sync inserts millions).
+-- Ingest and connect_clevertap write parents first, and what ON DELETE CASCADE would
+-- do is done by statement-level triggers (see "Triggers").
+-------------------------------------------------------------------------------
+
+-- One row per Mixpanel cohort ever seen.
+CREATE TABLE cohortsync.cohorts (
+    project_id       text COLLATE "C" NOT NULL,
+    cohort_id        text COLLATE "C" NOT NULL,
+    name             text,
+    description      text,
+    member_count     bigint      NOT NULL DEFAULT 0 CHECK (member_count >= 0),
+    last_changed_at  timestamptz,           -- last time membership really changed
+    last_session_id  text,                  -- mixpanel_session_id of the last page seen
+    last_sync_at     timestamptz,           -- when the last page arrived
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, cohort_id)
+);
+COMMENT ON TABLE cohortsync.cohorts IS
+    'One row per Mixpanel cohort: name and description as last sent, current member count.';
+
+-- Current membership.
+CREATE TABLE cohortsync.members (
+    project_id   text COLLATE "C" NOT NULL,
+    cohort_id    text COLLATE "C" NOT NULL,
+    distinct_id  text COLLATE "C" NOT NULL,
+    email        text,
+    phone        text,
+    first_name   text,
+    last_name    text,
+    properties   jsonb       NOT NULL,      -- the member object exactly as sent
+    joined_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, cohort_id, distinct_id)
+);
+COMMENT ON TABLE cohortsync.members IS
+    'Current members of every cohort; properties holds every field Mixpanel sent for the member.';
+
+-- History: one row per real change, never for a no-op.
+CREATE TABLE cohortsync.membership_changes (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    project_id   text COLLATE "C" NOT NULL,
+    cohort_id    text COLLATE "C" NOT NULL,
+    distinct_id  text COLLATE "C" NOT NULL,
+    change       text        NOT NULL CHECK (change IN ('added', 'removed')),
+    session_id   text COLLATE "C",
+    changed_at   timestamptz NOT NULL DEFAULT now(),
+    -- The member as known at the change: sent fields on 'added', stored fields on
+    -- 'removed' (the member row is gone by then, but delivery still needs its identity).
+    properties   jsonb
+);
+CREATE INDEX membership_changes_cohort_idx
+    ON cohortsync.membership_changes (project_id, cohort_id, id);
+COMMENT ON TABLE cohortsync.membership_changes IS
+    'Every join (added) and leave (removed) of every cohort, in commit order of id.';
+
+
+-- Sync sessions: one row per (cohort, mixpanel_session_id, action).
+CREATE TABLE cohortsync.sync_sessions (
+    project_id      text COLLATE "C" NOT NULL,
+    cohort_id       text COLLATE "C" NOT NULL,
+    session_id      text COLLATE "C" NOT NULL,
+    action          text        NOT NULL CHECK (action IN ('members', 'add_members', 'remove_members')),
+    total_pages     integer     NOT NULL CHECK (total_pages > 0),
+    pages_received  integer     NOT NULL DEFAULT 0,
+    -- a full sync is 'applying' from its last page until its swap has committed
+    state           text        NOT NULL DEFAULT 'receiving'
+                                CHECK (state IN ('receiving', 'applying', 'completed', 'superseded')),
+    restarts        integer     NOT NULL DEFAULT 0,   -- times total_pages changed mid-session
+    members_added   bigint      NOT NULL DEFAULT 0,
+    members_removed bigint      NOT NULL DEFAULT 0,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    last_page_at    timestamptz NOT NULL DEFAULT now(),
+    completed_at    timestamptz,                      -- set when the session's changes are applied
+    superseded_at   timestamptz,                      -- set when a newer full sync replaced it
+    applying_since  timestamptz,
+    apply_duration  interval,
+    PRIMARY KEY (project_id, cohort_id, session_id, action)
+);
+CREATE INDEX sync_sessions_receiving_idx
+    ON cohortsync.sync_sessions (project_id, cohort_id) WHERE state = 'receiving';
+COMMENT ON TABLE cohortsync.sync_sessions IS
+    'One row per (cohort, mixpanel_session_id, action): how many pages arrived and when it completed.';
+COMMENT ON COLUMN cohortsync.sync_sessions.applying_since IS
+    'Full syncs: when the last page arrived and the swap was queued (state applying).';
+COMMENT ON COLUMN cohortsync.sync_sessions.apply_duration IS
+    'Full syncs: how long the swap took once it started (completed_at is when it committed).';
+
+-- Every page of every session.
+CREATE TABLE cohortsync.sync_pages (
+    project_id        text COLLATE "C" NOT NULL,
+    cohort_id         text COLLATE "C" NOT NULL,
+    session_id        text COLLATE "C" NOT NULL,
+    action            text        NOT NULL,
+    page_count        integer     NOT NULL CHECK (page_count > 0),
+    member_count      integer     NOT NULL,
+    times_received    integer     NOT NULL DEFAULT 1,
+    first_received_at timestamptz NOT NULL DEFAULT now(),
+    last_received_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, cohort_id, session_id, action, page_count)
+);
+COMMENT ON TABLE cohortsync.sync_pages IS
+    'Every page of every session that arrived, and how many times it was received.';
+
+-- Members of full syncs ('members' action) whose pages have not all arrived yet. The
+-- cohort's membership is replaced from here, in one transaction, once they have.
+--
+-- No unique key: probing one over (project, cohort, session, distinct_id) for every
+-- member was over half of the cost of staging a page. A page is staged with a plain
+-- INSERT; a page that arrives again first deletes the rows it staged before, and a
+-- member sent in two pages of one session counts from the higher page (the swap
+-- picks it). staged_members_page_idx serves those deletes and the swap's scan of one
+-- session. It leads with session_id alone (Mixpanel's session ids are unique per
+-- sync; the statements still check project and cohort): comparing one text column is
+-- markedly cheaper than three equal ones first, and its keys are one per page, so
+-- deduplicated btree leaves stay small. Deleting a cohort finds its staged rows by a
+-- scan; staging only holds unfinished full syncs.
+CREATE TABLE cohortsync.staged_members (
+    project_id   text COLLATE "C" NOT NULL,
+    cohort_id    text COLLATE "C" NOT NULL,
+    session_id   text COLLATE "C" NOT NULL,
+    distinct_id  text COLLATE "C" NOT NULL,
+    email        text,
+    phone        text,
+    first_name   text,
+    last_name    text,
+    properties   jsonb NOT NULL,
+    page_count   integer
+);
+CREATE INDEX staged_members_page_idx
+    ON cohortsync.staged_members (session_id, page_count);
+COMMENT ON TABLE cohortsync.staged_members IS
+    'Members of unfinished full syncs; emptied when the session completes or is superseded.';
+COMMENT ON COLUMN cohortsync.staged_members.page_count IS
+    'The page of the session the member came with; NULL for rows staged by 0.1.0.';
+
+-- What waits to be applied, per cohort in id order: the swap of a completed full
+-- sync (action 'members', no member arrays) or a diff page that arrived while
+-- something was queued for its cohort (the page as validated: de-duplicated,
+-- sorted, one array per column, as cohortsync.ingest binds them).
+--
+-- The page that completes a full sync does not replace the cohort in its own
+-- transaction (26 s at 1M members, far beyond Mixpanel's timeout): it marks the
+-- session 'applying' and queues the swap here; the "cohortsync apply" background
+-- worker (or cohortsync.apply_pending()) runs it, in one transaction that also
+-- completes the session and removes the entry. A table, so a swap accepted is
+-- applied exactly once whatever happens in between (crash, immediate shutdown,
+-- failover). While a cohort has anything queued, its diff pages are recorded
+-- (sync_sessions, sync_pages) but queued behind it, and a second full sync queues
+-- its swap behind the first; ids are taken under the cohort's row lock (which every
+-- page and the applier hold), so membership and history end up as if every page had
+-- been applied when it arrived.
+CREATE TABLE cohortsync.apply_queue (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    project_id   text COLLATE "C" NOT NULL,
+    cohort_id    text COLLATE "C" NOT NULL,
+    session_id   text COLLATE "C" NOT NULL,
+    action       text        NOT NULL CHECK (action IN ('members', 'add_members', 'remove_members')),
+    distinct_ids text[],
+    emails       text[],
+    phones       text[],
+    first_names  text[],
+    last_names   text[],
+    properties   jsonb[],
+    queued_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((action = 'members') = (distinct_ids IS NULL))
+);
+CREATE INDEX apply_queue_cohort_idx ON cohortsync.apply_queue (project_id, cohort_id, id);
+COMMENT ON TABLE cohortsync.apply_queue IS
+    'Full-sync swaps and diff pages accepted but not applied yet, applied per cohort in id order.';
+
+-- The horizon of the last pruning of the history: members_at() refuses instants before it.
+CREATE TABLE cohortsync.history_pruned (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    pruned_before  timestamptz NOT NULL,
+    pruned_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE cohortsync.history_pruned IS
+    'The horizon history was last pruned to: membership_changes before it are incomplete.';
+
+-- The users the webhook listener authenticates (Basic auth). See docs/http-listener.md.
+CREATE TABLE cohortsync.webhook_users (
+    username      text        PRIMARY KEY
+                              CHECK (username <> '' AND strpos(username, ':') = 0),
+    -- a SCRAM-SHA-256 verifier, as PostgreSQL stores role passwords; never the password
+    password_hash text        NOT NULL CHECK (password_hash LIKE 'SCRAM-SHA-256$%'),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE cohortsync.webhook_users IS
+    'Basic authentication users of the webhook listener, with salted password hashes.';
+
+-- Delivery to CleverTap. Every change recorded in membership_changes becomes, in the
+-- same transaction, rows in cohortsync.outbox for every connected destination: an
+-- event record and, usually, a profile record, already in the shape CleverTap's
+-- POST /1/upload takes. The background worker (src/delivery_worker.c) claims them in
+-- batches, sends them and records the outcome. See docs/delivery.md.
+
+-- One row per connected CleverTap account. Disconnecting deletes the row and
+-- everything queued for it; pausing keeps queueing but sends nothing.
+CREATE TABLE cohortsync.destinations (
+    name              text        PRIMARY KEY CHECK (name <> ''),
+    account_id        text        NOT NULL CHECK (account_id <> ''),
+    region            text        NOT NULL
+                                  CHECK (region IN ('eu1', 'in1', 'sg1', 'us1', 'aps3', 'mec1')),
+    api_url           text        CHECK (api_url ~ '^https?://[^/]'),  -- replaces https://<host>
+    identity_property text        NOT NULL DEFAULT '$CleverTap_user_id' CHECK (identity_property <> ''),
+    event_name        text        NOT NULL DEFAULT 'Partner Sync' CHECK (event_name <> ''),
+    cohorts_property  text        DEFAULT 'Mixpanel Cohorts' CHECK (cohorts_property <> ''),  -- NULL: off
+    state             text        NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'paused')),
+    paused_reason     text,
+    paused_at         timestamptz,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE cohortsync.destinations IS
+    'Connected CleverTap accounts and what is sent to them; the passcode is kept apart in destination_secrets.';
+
+-- Passcodes, apart from everything else so that no view, join or grant on
+-- destinations can reach them. Only the extension's owner can read this table:
+-- nothing is granted on it, and the worker reads it as the bootstrap superuser.
+CREATE TABLE cohortsync.destination_secrets (
+    name      text PRIMARY KEY,
+    passcode  text NOT NULL
+);
+COMMENT ON TABLE cohortsync.destination_secrets IS
+    'CleverTap passcodes; readable by the extension owner only. pg_dump includes it (see docs/delivery.md).';
+
+-- The records waiting to be sent. Rows are deleted once CleverTap has accepted
+-- them, or moved to failed_records when it refused them or they grew too old.
+--
+-- No foreign keys and no row-level triggers: a full sync inserts up to twenty
+-- million rows here in one statement, and a per-row check would multiply its cost.
+CREATE TABLE cohortsync.outbox (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    destination     text        NOT NULL,
+    identity        text        NOT NULL,       -- the record's "identity"; per-identity order key
+    record          jsonb       NOT NULL,       -- exactly what goes into "d"
+    change_id       bigint,                     -- membership_changes.id it was built from;
+                                                -- NULL for a profile update (fields changed)
+    phone_dropped   boolean     NOT NULL DEFAULT false,  -- the member's phone was not E.164
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    lease_until     timestamptz,                -- set while a request carrying it is in flight
+    leased_by       integer,                    -- pid of the worker holding the lease
+    last_error      text
+);
+-- claiming takes the oldest rows of one destination
+CREATE INDEX outbox_claim_idx ON cohortsync.outbox (destination, id);
+-- per-identity ordering: is an older row of this identity still waiting or in flight?
+-- destination and identity are opaque keys compared for equality only, so the index
+-- compares them byte by byte (a strcoll() per comparison would be ~10% of a claim); the
+-- probes say COLLATE "C" to use it. (The columns keep the database's collation:
+-- only this index and the probes need "C".)
+CREATE INDEX outbox_identity_idx
+    ON cohortsync.outbox (destination COLLATE "C", identity COLLATE "C", id);
+-- when is the next retry due? Only retried rows can be due later (new rows are
+-- due at once), so only they are indexed: a full sync does not pay for it.
+CREATE INDEX outbox_retry_idx ON cohortsync.outbox (next_attempt_at) WHERE attempts > 0;
+COMMENT ON TABLE cohortsync.outbox IS
+    'CleverTap upload records waiting to be sent, one per record, in creation order of id.';
+COMMENT ON COLUMN cohortsync.outbox.identity IS
+    'Per-identity order key: the record''s identity, or ''sha256:'' and its hash when longer than 1024 bytes.';
+
+-- Records CleverTap refused, or that could not be delivered before
+-- cohortsync.max_retry_age. cohortsync.replay_failed() queues them again.
+CREATE TABLE cohortsync.failed_records (
+    id           bigint      PRIMARY KEY,       -- the outbox id it had
+    destination  text        NOT NULL,
+    identity     text        NOT NULL,
+    record       jsonb       NOT NULL,
+    change_id    bigint,
+    created_at   timestamptz NOT NULL,
+    failed_at    timestamptz NOT NULL DEFAULT now(),
+    attempts     integer     NOT NULL,
+    code         integer,                       -- CleverTap's record code (e.g. 516), or HTTP 400
+    message      text        NOT NULL
+);
+CREATE INDEX failed_records_destination_idx ON cohortsync.failed_records (destination, id);
+COMMENT ON TABLE cohortsync.failed_records IS
+    'Records CleverTap refused (code, message) or that expired; replay with cohortsync.replay_failed().';
+
+-- Counters kept by the worker in its outcome transactions (never by ingest, so
+-- concurrent ingest transactions never queue on one row).
+CREATE TABLE cohortsync.destination_stats (
+    destination      text        PRIMARY KEY,
+    requests         bigint      NOT NULL DEFAULT 0,
+    delivered        bigint      NOT NULL DEFAULT 0,
+    failed           bigint      NOT NULL DEFAULT 0,
+    phones_dropped   bigint      NOT NULL DEFAULT 0,
+    last_success_at  timestamptz,
+    last_error       text,
+    last_error_at    timestamptz
+);
+COMMENT ON TABLE cohortsync.destination_stats IS
+    'Per-destination delivery counters and the last success and error.';
+
+-------------------------------------------------------------------------------
+-- Functions.
+-------------------------------------------------------------------------------
+
+-- Ingest and the full-sync swap, in C (src/ingest.c, src/membership.c, src/apply_*.c).
+CREATE FUNCTION cohortsync.ingest(page jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cohortsync_ingest'
+LANGUAGE C STRICT VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION cohortsync.ingest(jsonb) IS
+    'Apply one Mixpanel Cohort Sync webhook page; returns the response body Mixpanel expects.';
+
+-- EXPLAIN of the full-sync swap of one staged session, for DBAs and for the test that
+-- guards its plan shape. guarded => false shows what the planner would pick unguarded.
+CREATE FUNCTION cohortsync.explain_swap(project_id text, cohort_id text, session_id text,
+                                        guarded boolean DEFAULT true)
+RETURNS text
+AS 'MODULE_PATHNAME', 'cohortsync_explain_swap'
+LANGUAGE C STRICT VOLATILE;
+
+-- Apply everything queued now, in the caller's transaction; waits for a cohort
+-- the worker is applying. Returns the number of entries applied (swaps and
+-- diff pages).
+CREATE FUNCTION cohortsync.apply_pending()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cohortsync_apply_pending'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION cohortsync.apply_pending() IS
+    'Apply the queued full-sync swaps and deferred diff pages now; returns how many were applied.';
+
+-- Webhook users. add_webhook_user creates the user or replaces its password.
+-- log_min_error_statement = panic keeps a failed call's statement, which holds
+-- the password, out of the server log.
+CREATE FUNCTION cohortsync.add_webhook_user(username text, password text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cohortsync_add_webhook_user'
+LANGUAGE C STRICT VOLATILE
+SET log_min_error_statement = panic;
+COMMENT ON FUNCTION cohortsync.add_webhook_user(text, text) IS
+    'Create a webhook user, or set its password; stores a SCRAM-SHA-256 hash of it.';
+
+CREATE FUNCTION cohortsync.drop_webhook_user(username text)
+RETURNS void
+LANGUAGE plpgsql STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.webhook_users AS u WHERE u.username = drop_webhook_user.username;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'webhook user "%" does not exist', drop_webhook_user.username
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT username FROM cohortsync.webhook_users lists them.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.drop_webhook_user(text) IS
+    'Remove a webhook user; an error if there is none of that name.';
+
+-- Roles (see README, "Roles"). Roles are cluster-wide objects, so the extension
+-- creates none (a script that did would fail or take over a role of that name in
+-- another database). The owner creates the roles it wants and calls one of these
+-- to give it exactly the rights of its kind; README.md lists the GRANTs they make.
+-- They can be called again after ALTER EXTENSION UPDATE: a version that adds a table
+-- a reader should see grants it there.
+
+-- A role that may only ingest pages (Mixpanel's webhook, a proxy in front of
+-- it): cohortsync.ingest is SECURITY DEFINER, so it needs nothing else, and
+-- can read nothing.
+CREATE FUNCTION cohortsync.grant_ingest(role regrole)
+RETURNS void LANGUAGE plpgsql STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM cohortsync._check_grantee(role);
+    -- regrole's text form is the quoted role name
+    EXECUTE format('GRANT USAGE ON SCHEMA cohortsync TO %s', role::text);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION cohortsync.ingest(jsonb) TO %s', role::text);
+END
+$$;
+COMMENT ON FUNCTION cohortsync.grant_ingest(regrole) IS
+    'Let a role call cohortsync.ingest(jsonb), and nothing else.';
+
+-- A role that may read membership: the cohorts, their members, the history,
+-- the sync sessions and pages (and members staged by unfinished full syncs),
+-- and the state of delivery through destination_status. Never the passcodes
+-- (destination_secrets), the webhook users' password verifiers, the
+-- destinations' account ids, or the records queued for or refused by CleverTap
+-- (outbox, failed_records: delivery's working data, the owner's to replay or
+-- delete). It may call no function and write nothing.
+CREATE FUNCTION cohortsync.grant_read(role regrole)
+RETURNS void LANGUAGE plpgsql STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM cohortsync._check_grantee(role);
+    EXECUTE format('GRANT USAGE ON SCHEMA cohortsync TO %s', role::text);
+    EXECUTE format('GRANT SELECT ON cohortsync.cohorts, cohortsync.members, '
+                   'cohortsync.membership_changes, cohortsync.sync_sessions, '
+                   'cohortsync.sync_pages, cohortsync.staged_members, '
+                   'cohortsync.destination_status TO %s', role::text);
+END
+$$;
+COMMENT ON FUNCTION cohortsync.grant_read(regrole) IS
+    'Let a role read membership, history, sync state and destination_status; nothing secret, no writes.';
+
+-- Take back whatever was granted to a role on the extension's objects (by the
+-- two functions above or by hand), so that the role can be dropped.
+CREATE FUNCTION cohortsync.revoke_access(role regrole)
+RETURNS void LANGUAGE plpgsql STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM cohortsync._check_grantee(role);
+    EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA cohortsync FROM %s', role::text);
+    EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA cohortsync FROM %s', role::text);
+    EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA cohortsync FROM %s', role::text);
+    EXECUTE format('REVOKE ALL ON SCHEMA cohortsync FROM %s', role::text);
+END
+$$;
+COMMENT ON FUNCTION cohortsync.revoke_access(regrole) IS
+    'Revoke every privilege a role holds on the extension''s schema, tables, views and functions.';
+
+-- The owner keeps its rights whatever it calls; a superuser needs none.
+CREATE FUNCTION cohortsync._check_grantee(role regrole)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF role::oid = 0 THEN
+        RAISE EXCEPTION 'a role is needed' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF role = (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'cohortsync') THEN
+        RAISE EXCEPTION 'role % owns the extension', role
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The owner has every right on its objects already; granting or revoking them would change nothing or break the extension.';
+    END IF;
+    IF (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = role) THEN
+        RAISE EXCEPTION 'role % is a superuser', role
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A superuser bypasses every privilege check; use a role without SUPERUSER.';
+    END IF;
+END
+$$;
+
+-- Destination management. SECURITY DEFINER so that the owner can grant them
+-- without granting the tables; log_min_error_statement is raised inside the
+-- functions that take a passcode so that a failing call does not write the
+-- statement (and with it the passcode) to the server log.
+CREATE FUNCTION cohortsync._clevertap_base_url(region text, api_url text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(rtrim(api_url, '/'),
+                    'https://' || CASE region WHEN 'eu1' THEN 'api.clevertap.com'
+                                              ELSE region || '.api.clevertap.com' END)
+$$;
+
+CREATE FUNCTION cohortsync._check_region(region text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF region IS NULL OR region NOT IN ('eu1', 'in1', 'sg1', 'us1', 'aps3', 'mec1') THEN
+        RAISE EXCEPTION 'unknown CleverTap region "%"', region
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The region is one of eu1, in1, sg1, us1, aps3, mec1: the first label '
+                         'of your CleverTap dashboard''s host name.';
+    END IF;
+END
+$$;
+
+-- connect_clevertap accepts an http:// api_url (a local stand-in, a proxy on the
+-- same host), but the passcode then crosses the network in clear text: it warns
+-- unless the host is the loopback interface.
+CREATE FUNCTION cohortsync.connect_clevertap(name text, account_id text, passcode text,
+                                             region text, api_url text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'a destination needs a name' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF account_id IS NULL OR account_id = '' THEN
+        RAISE EXCEPTION 'a CleverTap destination needs an account id'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF passcode IS NULL OR passcode = '' THEN
+        RAISE EXCEPTION 'a CleverTap destination needs a passcode'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM cohortsync._check_region(region);
+    IF api_url IS NOT NULL AND api_url !~ '^https?://[^/]' THEN
+        RAISE EXCEPTION 'api_url must start with https:// or http://'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = connect_clevertap.name) THEN
+        RAISE EXCEPTION 'destination "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Use cohortsync.set_clevertap_passcode() to change its passcode.';
+    END IF;
+    IF api_url ~* '^http://'
+       AND api_url !~* '^http://(localhost|127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\])(:[0-9]+)?(/|$)' THEN
+        RAISE WARNING 'destination "%" sends its passcode unencrypted', name
+            USING DETAIL = format('api_url %s is plain HTTP to a host other than this one.', api_url),
+                  HINT = 'Use https:// unless every network between here and that host is trusted.';
+    END IF;
+    INSERT INTO cohortsync.destinations (name, account_id, region, api_url)
+        VALUES (name, account_id, region, api_url);
+    INSERT INTO cohortsync.destination_secrets (name, passcode) VALUES (name, passcode);
+    INSERT INTO cohortsync.destination_stats (destination) VALUES (name)
+        ON CONFLICT (destination) DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.connect_clevertap(text, text, text, text, text) IS
+    'Connect a CleverTap account: changes recorded from now on are delivered to it.';
+
+CREATE FUNCTION cohortsync.disconnect_clevertap(name text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.destinations d WHERE d.name = disconnect_clevertap.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    DELETE FROM cohortsync.outbox o WHERE o.destination = disconnect_clevertap.name;
+    DELETE FROM cohortsync.failed_records f WHERE f.destination = disconnect_clevertap.name;
+    DELETE FROM cohortsync.destination_stats s WHERE s.destination = disconnect_clevertap.name;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.disconnect_clevertap(text) IS
+    'Disconnect a destination and forget everything queued or failed for it.';
+
+-- Stores the passcode of any destination, also one without a row in
+-- destination_secrets (a restore that left the passcodes out: see README).
+CREATE FUNCTION cohortsync.set_clevertap_passcode(name text, passcode text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+AS $$
+BEGIN
+    IF passcode IS NULL OR passcode = '' THEN
+        RAISE EXCEPTION 'a CleverTap destination needs a passcode'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = set_clevertap_passcode.name) THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO cohortsync.destination_secrets AS s (name, passcode)
+    VALUES (set_clevertap_passcode.name, set_clevertap_passcode.passcode)
+        ON CONFLICT ON CONSTRAINT destination_secrets_pkey
+        DO UPDATE SET passcode = EXCLUDED.passcode;
+    PERFORM cohortsync._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION cohortsync.set_clevertap_passcode(text, text) IS
+    'Change the passcode of a destination (it stays paused if it was: resume it).';
+
+CREATE FUNCTION cohortsync.pause_destination(name text, reason text DEFAULT 'paused by user')
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE cohortsync.destinations d
+       SET state = 'paused', paused_reason = coalesce(reason, 'paused by user'), paused_at = now()
+     WHERE d.name = pause_destination.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.pause_destination(text, text) IS
+    'Stop sending to a destination; its changes keep being queued.';
+
+CREATE FUNCTION cohortsync.resume_destination(name text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE cohortsync.destinations d SET state = 'active', paused_reason = NULL, paused_at = NULL
+     WHERE d.name = resume_destination.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    -- what was backing off is due now
+    UPDATE cohortsync.outbox o SET next_attempt_at = now()
+     WHERE o.destination = resume_destination.name AND o.next_attempt_at > now();
+    PERFORM cohortsync._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION cohortsync.resume_destination(text) IS
+    'Resume sending to a paused destination, from the oldest queued record.';
+
+-- Queue failed records again, in their original order, for one destination or all.
+CREATE FUNCTION cohortsync.replay_failed(destination text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM cohortsync.failed_records f
+         WHERE replay_failed.destination IS NULL OR f.destination = replay_failed.destination
+        RETURNING f.*)
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, created_at)
+    SELECT g.destination, g.identity, g.record, g.change_id, now()
+      FROM gone g ORDER BY g.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.replay_failed(text) IS
+    'Move failed records back into the outbox (all destinations when NULL); returns how many.';
+
+-- Set the delivery worker's latch when the current transaction commits. A no-op
+-- when the library is not in shared_preload_libraries (there is no worker).
+CREATE FUNCTION cohortsync._wake_delivery()
+RETURNS void
+AS 'MODULE_PATHNAME', 'cohortsync_wake_delivery'
+LANGUAGE C VOLATILE;
+
+-- The rules both queuing triggers apply, in one place. Plain SQL functions without
+-- SET clauses, so the planner inlines them into the set-based INSERTs: no call per row.
+
+-- CleverTap identity: the destination's identity property (default $CleverTap_user_id),
+-- else mixpanel_distinct_id, else the stored distinct_id.
+CREATE FUNCTION cohortsync._clevertap_identity(properties jsonb, identity_property text,
+                                               distinct_id text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(nullif(properties ->> identity_property, ''),
+                    nullif(properties ->> 'mixpanel_distinct_id', ''),
+                    distinct_id)
+$$;
+
+-- A phone with spaces, dashes, dots and brackets removed (NULL when nothing is left).
+CREATE FUNCTION cohortsync._normalize_phone(phone text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT nullif(pg_catalog.regexp_replace(phone, '[[:space:]().\[\]-]', '', 'g'), '')
+$$;
+
+-- Whether a normalised phone is E.164, the only form CleverTap accepts (else 516).
+CREATE FUNCTION cohortsync._is_e164(phone text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(phone ~ '^\+[1-9][0-9]{6,14}$', false)
+$$;
+
+-- The profile's Email, Phone and Name; empty values are left out. phone is sent as
+-- given: pass NULL for one that is not E.164.
+CREATE FUNCTION cohortsync._profile_fields(email text, phone text, first_name text,
+                                           last_name text)
+RETURNS jsonb LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'Email', nullif(email, ''),
+               'Phone', phone,
+               'Name', nullif(pg_catalog.concat_ws(' ', nullif(first_name, ''),
+                                                        nullif(last_name, '')), '')))
+$$;
+
+-- outbox.identity is the per-identity order key, in outbox_identity_idx. An
+-- identity is the member's identity property (e.g. $CleverTap_user_id), which
+-- the page does not bound; one over ~2.7 kB cannot be an index entry, and the
+-- whole page failed with an SQL error (a 500 Mixpanel retries for ever). Such
+-- an identity is keyed by its SHA-256: the same identity always gets the same
+-- key, so its order is kept. The record sent to CleverTap carries it whole.
+CREATE FUNCTION cohortsync._identity_key(identity text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN octet_length(identity) <= 1024 THEN identity
+                ELSE 'sha256:' || encode(sha256(convert_to(identity, 'UTF8')), 'hex') END
+$$;
+
+-- The outbox triggers: one statement-level trigger per table, one INSERT ... SELECT
+-- for all the changes of the statement and all destinations. They queue only what
+-- cohortsync itself records (cohortsync.queue_changes, set by ingest for its own
+-- statements, src/change_origin.c): a restore's COPY of membership_changes would
+-- otherwise queue the whole history again. They return at once when no destination
+-- is connected (building records for nobody would be ~4 s of a 1M-member swap).
+CREATE FUNCTION cohortsync._queue_changes()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
+    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
+    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
+    -- server not restarted yet) defines its other settings and not this one, and
+    -- never sets it: its ingest is queued as before rather than lost.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
+       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    -- Nothing connected: nothing to queue. (The transition table has been
+    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+        RETURN NULL;
+    END IF;
+    -- Within one statement every (cohort, member) changes once, so the records
+    -- of one identity made here commute; no ORDER BY (it would sort millions).
+    --
+    -- The subquery x computes both records of a (change, destination) once;
+    -- OFFSET 0 keeps the planner from pulling it up into the VALUES list, which
+    -- would evaluate its expressions once per reference.
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT x.destination, cohortsync._identity_key(x.identity), r.record, x.change_id, r.phone_dropped
+      FROM (SELECT d.name AS destination, m.identity, c.id AS change_id,
+                   jsonb_build_object(
+                       'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', d.event_name,
+                       'evtData', jsonb_build_object(
+                           'Partner Segment Name', m.cohort_name,
+                           'Action', CASE WHEN m.added THEN 'Added' ELSE 'Removed' END,
+                           'Partner Segment ID', c.cohort_id,
+                           'CT Source', 'Mixpanel',
+                           'Partner Name', 'Mixpanel')) AS event,
+                   m.ts,
+                   CASE WHEN d.cohorts_property IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object(d.cohorts_property,
+                                 jsonb_build_object(CASE WHEN m.added THEN '$add' ELSE '$remove' END,
+                                                    jsonb_build_array(m.cohort_name)))
+                   END
+                   || CASE WHEN m.added THEN cohortsync._profile_fields(
+                             c.properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
+                             c.properties ->> 'first_name', c.properties ->> 'last_name')
+                           ELSE '{}'::jsonb
+                      END AS profile_data,
+                   m.added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
+              FROM new_changes c
+              LEFT JOIN cohortsync.cohorts co
+                     ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+             CROSS JOIN cohortsync.destinations d
+             CROSS JOIN LATERAL (
+                SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                  FROM (SELECT cohortsync._clevertap_identity(c.properties, d.identity_property,
+                                                              c.distinct_id) AS identity,
+                               floor(extract(epoch FROM c.changed_at))::bigint AS ts,
+                               coalesce(co.name, c.cohort_id) AS cohort_name,
+                               c.change = 'added' AS added,
+                               cohortsync._normalize_phone(c.properties ->> 'phone_number') AS phone
+                        OFFSET 0) y
+                OFFSET 0) m
+            OFFSET 0) x
+     CROSS JOIN LATERAL (VALUES
+        (x.event, x.phone_dropped),
+        (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
+            'identity', x.identity, 'type', 'profile', 'ts', x.ts,
+            'profileData', x.profile_data) END,
+         false)) r(record, phone_dropped)
+     WHERE r.record IS NOT NULL;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A member's Email, Phone or Name changed without a membership change (a re-add
+-- or a full sync refreshed the stored fields): send a profile update with the
+-- current values. No event: nothing joined or left. One UPDATE touches one cohort,
+-- so each member appears once.
+CREATE FUNCTION cohortsync._queue_profile_updates()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
+    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
+    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
+    -- server not restarted yet) defines its other settings and not this one, and
+    -- never sets it: its ingest is queued as before rather than lost.
+    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
+       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    -- Nothing connected: nothing to queue. (The transition table has been
+    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(m.identity),
+           jsonb_build_object('identity', m.identity, 'type', 'profile',
+                              'ts', floor(extract(epoch FROM now()))::bigint,
+                              'profileData', pd.profile_data),
+           NULL, m.phone IS NOT NULL AND NOT p.phone_ok
+      FROM new_members nm
+      JOIN old_members om
+        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
+       AND om.distinct_id = nm.distinct_id
+     CROSS JOIN cohortsync.destinations d
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._clevertap_identity(nm.properties, d.identity_property,
+                                              nm.distinct_id) AS identity,
+               cohortsync._normalize_phone(nm.phone) AS phone) m
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._profile_fields(nm.email, CASE WHEN p.phone_ok THEN m.phone END,
+                                          nm.first_name, nm.last_name) AS profile_data) pd
+     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
+           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
+       AND pd.profile_data <> '{}'::jsonb;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- What ON DELETE CASCADE would do, had the tables foreign keys (see "Tables"):
+-- deleting a cohort deletes its members, staged members, queued entries and
+-- sessions; deleting a session its pages; deleting or renaming a destination
+-- its passcode.
+CREATE FUNCTION cohortsync._delete_cohort_members()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.members m USING old_cohorts o
+     WHERE m.project_id = o.project_id AND m.cohort_id = o.cohort_id;
+    DELETE FROM cohortsync.staged_members s USING old_cohorts o
+     WHERE s.project_id = o.project_id AND s.cohort_id = o.cohort_id;
+    DELETE FROM cohortsync.apply_queue q USING old_cohorts o
+     WHERE q.project_id = o.project_id AND q.cohort_id = o.cohort_id;
+    -- its sessions (and, by their trigger, their pages)
+    DELETE FROM cohortsync.sync_sessions s USING old_cohorts o
+     WHERE s.project_id = o.project_id AND s.cohort_id = o.cohort_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION cohortsync._delete_session_pages()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.sync_pages p USING old_sessions o
+     WHERE p.project_id = o.project_id AND p.cohort_id = o.cohort_id
+       AND p.session_id = o.session_id AND p.action = o.action;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION cohortsync._destination_secrets_follow()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM cohortsync.destination_secrets s WHERE s.name = OLD.name;
+    ELSIF NEW.name IS DISTINCT FROM OLD.name THEN
+        UPDATE cohortsync.destination_secrets s SET name = NEW.name WHERE s.name = OLD.name;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The worker's statements. Kept in SQL so that they are tested by pgTAP and,
+-- after DROP EXTENSION, fail as one ordinary error the worker catches.
+
+-- Leases of a predecessor that died are void: there is only one worker.
+CREATE FUNCTION cohortsync._release_leases()
+RETURNS bigint LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH r AS (UPDATE cohortsync.outbox SET lease_until = NULL, leased_by = NULL
+                WHERE lease_until IS NOT NULL RETURNING 1)
+    SELECT count(*) FROM r
+$$;
+
+-- The delivery worker keeps what it has in flight in its own memory (there is
+-- exactly one), so a claim only reads, and walks the queue from a cursor (the
+-- highest id it has claimed) so it starts after what is in flight. A crash re-sends
+-- what was in flight (at least once).
+--
+-- Walk up to p_limit records of one destination with id > p_after, oldest first,
+-- and say of each whether it may be sent now (claimable). Records that may not
+-- (blocked) come back with record NULL; the worker then knows that something
+-- below its cursor is still waiting and scans the queue from the start again
+-- once nothing of the destination is in flight.
+--
+-- A record is claimable when it is due and no older record of its identity is
+-- left, except those of the same change (its event and profile commute) that
+-- lie above p_after. Everything the worker has in flight has an id <= p_after
+-- and is still in the table (a record leaves the queue only after CleverTap
+-- answered for it), so an identity with a record in flight is never claimed
+-- again, and an identity's changes go out one request after the other, in
+-- order; a record waiting for a retry (e.g. 555) blocks its identity's later
+-- records. The same-change exemption is denied at or below p_after because such
+-- a record may be in flight: its partner then waits for the next request.
+--
+-- change_key: the change a record belongs to (its event and profile share it).
+--
+-- writers_busy: the claim's snapshot saw transactions in progress. Such a
+-- transaction may hold ids below the cursor and commit later; the worker then
+-- also scans from the start again before it trusts its cursor.
+--
+-- The plan must walk outbox_claim_idx in id order and stop after p_limit rows,
+-- probing outbox_identity_idx per candidate (see _claim for why the SET clauses).
+CREATE FUNCTION cohortsync._claim_due(p_destination text, p_limit integer, p_after bigint)
+RETURNS TABLE (id bigint, record text, claimable boolean, writers_busy boolean, change_key bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_sort = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET jit = off
+AS $$
+    SELECT w.id, CASE WHEN w.ok THEN w.record::text END, w.ok,
+           EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot())), w.change_key
+      FROM (SELECT o.id, o.record, coalesce(o.change_id, -o.id) AS change_key,
+                   o.next_attempt_at <= now()
+                   AND NOT EXISTS (
+                        SELECT FROM cohortsync.outbox b
+                         WHERE b.destination COLLATE "C" = o.destination
+                           AND b.identity COLLATE "C" = o.identity
+                           AND b.id < o.id
+                           AND (b.id <= p_after
+                                OR b.next_attempt_at > now()
+                                OR coalesce(b.change_id, -b.id) <> coalesce(o.change_id, -o.id))
+                        OFFSET 0) AS ok     -- a probe per candidate, never a join over the queue
+              FROM cohortsync.outbox o
+             WHERE o.destination = p_destination AND o.id > p_after
+             ORDER BY o.destination, o.id
+             LIMIT p_limit) w
+$$;
+
+-- The claim that leases rows (lease_until, leased_by), kept for callers other than
+-- the worker, which uses _claim_due.
+--
+-- Claim up to p_limit due records of one destination, oldest first, and lease
+-- them for p_lease. A record is claimed only when no other record of its
+-- identity is in flight and no older record of its identity is left, except
+-- those of the same change (its event and profile, which commute). So no two
+-- requests in flight carry one identity, an identity's changes go out one
+-- request after the other in the order they were made, and a record retried
+-- alone (CleverTap's 555) can never be overtaken by a later change of its user.
+-- (A profile update without a change, change_id NULL, counts as a change of its own.)
+--
+-- The plan must walk outbox_claim_idx in id order and stop after p_limit rows,
+-- probing outbox_identity_idx per candidate: then a claim costs the same with a
+-- thousand queued rows or twenty million. A queue's statistics are always stale
+-- (a full sync inserts millions between two ANALYZEs), and with stale ones the
+-- planner prefers hashing and sorting the whole queue; the SET clauses below take
+-- those plans off the menu, as membership.c does for the full-sync swap.
+CREATE FUNCTION cohortsync._claim(p_destination text, p_limit integer, p_lease interval)
+RETURNS TABLE (id bigint, record text) LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_sort = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET jit = off
+AS $$
+    WITH picked AS (
+        SELECT o.id
+          FROM cohortsync.outbox o
+         WHERE o.destination = p_destination
+           AND (o.lease_until IS NULL OR o.lease_until < now())
+           AND o.next_attempt_at <= now()
+           AND NOT EXISTS (
+                SELECT FROM cohortsync.outbox b
+                 WHERE b.destination COLLATE "C" = o.destination
+                   AND b.identity COLLATE "C" = o.identity
+                   AND b.id <> o.id
+                   AND (b.lease_until >= now()
+                        OR (b.id < o.id
+                            AND (b.next_attempt_at > now()
+                                 OR coalesce(b.change_id, -b.id) <> coalesce(o.change_id, -o.id))))
+                OFFSET 0)
+         ORDER BY o.destination, o.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED),
+    leased AS (
+        UPDATE cohortsync.outbox o
+           SET lease_until = now() + p_lease, leased_by = pg_backend_pid()
+         WHERE o.id = ANY (ARRAY(SELECT picked.id FROM picked))
+        RETURNING o.id, o.record::text AS record)
+    SELECT leased.id, leased.record FROM leased ORDER BY leased.id
+$$;
+
+-- Seconds until the next record that waits for a retry is due (NULL: none).
+CREATE FUNCTION cohortsync._next_due()
+RETURNS double precision LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT extract(epoch FROM min(o.next_attempt_at) - now())::double precision
+      FROM cohortsync.outbox o
+     WHERE o.attempts > 0 AND o.next_attempt_at > now()
+$$;
+
+-- Record what became of one request carrying the records p_ids, in one
+-- transaction. p_http is the HTTP status (0: no answer; p_error says why),
+-- p_body the answer. p_rest are the records of the same claim still waiting to
+-- be sent after this request (a batch split after a 400); their lease is
+-- extended, or released with p_ids when the destination must wait.
+--
+-- Returns what the worker does next:
+--   'done'   the records are settled; send the rest, if any
+--   'split'  a 400 on several records: send them in halves to isolate the bad ones
+--   'retry'  p_ids and p_rest wait for a retry (backoff), or the destination paused
+CREATE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p_http integer,
+                                           p_body text, p_error text, p_retry_age interval,
+                                           p_lease interval, p_rest bigint[] DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+-- Every statement below reaches outbox rows by id = ANY (...). With stale statistics
+-- (an outbox analyzed while empty) a sequential scan of the whole queue looked
+-- cheapest: 200 ms per request on a 20,000-record queue. The primary key always wins.
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_body      jsonb;
+    v_status    text;
+    v_error     text;
+    v_retry     bigint[] := '{}';
+    v_failed    bigint[] := '{}';
+    v_codes     integer[] := '{}';
+    v_messages  text[] := '{}';
+    v_delivered bigint := 0;
+    v_nfailed   bigint := 0;
+    v_phones    bigint := 0;
+    v_n         bigint;
+    v_result    text := 'done';
+BEGIN
+    -- Whatever answered may echo the request's headers back (a misconfigured
+    -- proxy): the passcode must not reach last_error, paused_reason or failed_records.
+    SELECT replace(p_body, s.passcode, '[passcode]'), replace(p_error, s.passcode, '[passcode]')
+      INTO p_body, p_error
+      FROM cohortsync.destination_secrets s
+     WHERE s.name = p_destination AND s.passcode <> '';
+
+    BEGIN
+        v_body := p_body::jsonb;
+    EXCEPTION WHEN others THEN
+        v_body := NULL;
+    END;
+    IF jsonb_typeof(v_body) = 'object' THEN
+        v_status := v_body ->> 'status';
+    END IF;
+
+    IF p_http = 200 AND v_status IN ('success', 'partial', 'fail') THEN
+        -- "Skipped record number : N" is the 1-based index of the record in "d"
+        SELECT coalesce(array_agg(p_ids[x.n] ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(x.code ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(x.msg ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(p_ids[x.n] ORDER BY x.n) FILTER (WHERE x.code = 555), '{}')
+          INTO v_failed, v_codes, v_messages, v_retry
+          FROM (SELECT DISTINCT ON (n) n, code, msg FROM (
+                  SELECT substring(e ->> 'error' FROM 'Skipped record number\s*:\s*([0-9]+)')::integer AS n,
+                         CASE WHEN e ->> 'code' ~ '^[0-9]{1,9}$' THEN (e ->> 'code')::integer END AS code,
+                         coalesce(nullif(regexp_replace(e ->> 'error',
+                                                        '\s*Skipped record number\s*:\s*[0-9]+\s*$', ''), ''),
+                                  'rejected') AS msg
+                    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_body -> 'unprocessed') = 'array'
+                                                   THEN v_body -> 'unprocessed' ELSE '[]' END) e) y
+                 WHERE n BETWEEN 1 AND cardinality(p_ids)) x;
+
+        IF v_status = 'fail' AND cardinality(v_failed) + cardinality(v_retry) = 0 THEN
+            -- a "fail" that names no record: nothing to go by, try again later
+            v_retry := p_ids;
+            v_error := 'CleverTap answered status "fail" without naming a record';
+            v_result := 'retry';
+        ELSE
+            IF cardinality(v_retry) > 0 THEN
+                v_error := 'CleverTap answered 555 (server error) for some records';
+            END IF;
+            -- the refused records, with CleverTap's code and message
+            WITH gone AS (
+                DELETE FROM cohortsync.outbox o
+                 WHERE o.id = ANY (v_failed) AND o.destination = p_destination
+                RETURNING o.*)
+            INSERT INTO cohortsync.failed_records
+                   (id, destination, identity, record, change_id, created_at, attempts, code, message)
+            SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at,
+                   g.attempts + 1, f.code, f.message
+              FROM gone g JOIN unnest(v_failed, v_codes, v_messages) f(id, code, message)
+                ON f.id = g.id;
+            GET DIAGNOSTICS v_nfailed = ROW_COUNT;
+            -- everything else was accepted
+            WITH accepted AS (
+                DELETE FROM cohortsync.outbox o
+                 WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_failed || v_retry)
+                   AND o.destination = p_destination
+                RETURNING o.phone_dropped)
+            SELECT count(*), count(*) FILTER (WHERE a.phone_dropped)
+              INTO v_delivered, v_phones
+              FROM accepted a;
+        END IF;
+
+    ELSIF p_http = 400 AND cardinality(p_ids) > 1 THEN
+        -- some record made the whole request malformed: find it by halving
+        UPDATE cohortsync.outbox o SET lease_until = now() + p_lease
+         WHERE o.id = ANY (p_ids || p_rest);
+        RETURN 'split';
+
+    ELSIF p_http = 400 THEN
+        WITH gone AS (
+            DELETE FROM cohortsync.outbox o WHERE o.id = ANY (p_ids) RETURNING o.*)
+        INSERT INTO cohortsync.failed_records
+               (id, destination, identity, record, change_id, created_at, attempts, code, message)
+        SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at, g.attempts + 1,
+               400, 'HTTP 400: ' || coalesce(v_body ->> 'error', left(p_body, 200), 'bad request')
+          FROM gone g;
+        GET DIAGNOSTICS v_nfailed = ROW_COUNT;
+
+    ELSIF p_http IN (401, 403) THEN
+        -- wrong account id, passcode or region: nothing will go through until a
+        -- human acts, so pause and keep every record
+        v_error := format('CleverTap answered HTTP %s: %s', p_http,
+                          coalesce(v_body ->> 'error', 'authentication failed'))
+                   || ' (check the account id, passcode and region, then resume the destination)';
+        UPDATE cohortsync.destinations d
+           SET state = 'paused', paused_reason = v_error, paused_at = now()
+         WHERE d.name = p_destination AND d.state = 'active';
+        UPDATE cohortsync.outbox o SET lease_until = NULL, leased_by = NULL, last_error = v_error
+         WHERE o.id = ANY (p_ids || p_rest);
+        v_result := 'retry';
+
+    ELSE
+        -- 429, 5xx, no answer, an unreadable 200: try again later
+        v_retry := p_ids || p_rest;
+        v_error := CASE
+            WHEN p_http = 0 THEN coalesce(p_error, 'no answer')
+            WHEN p_http = 200 THEN 'HTTP 200 with an unreadable body'
+            ELSE format('HTTP %s: %s', p_http,
+                        coalesce(v_body ->> 'error', nullif(left(p_body, 200), ''), 'no body'))
+            END;
+        v_result := 'retry';
+    END IF;
+
+    IF cardinality(v_retry) > 0 THEN
+        -- too old to keep trying: give up on them, visibly
+        WITH gone AS (
+            DELETE FROM cohortsync.outbox o
+             WHERE o.id = ANY (v_retry) AND o.created_at < now() - p_retry_age
+            RETURNING o.*)
+        INSERT INTO cohortsync.failed_records
+               (id, destination, identity, record, change_id, created_at, attempts, code, message)
+        SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at, g.attempts + 1,
+               NULL, format('not delivered within cohortsync.max_retry_age (%s); last error: %s',
+                            p_retry_age, v_error)
+          FROM gone g;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_nfailed := v_nfailed + v_n;
+        -- exponential backoff from 1 s to 10 min, with jitter (half to all of it)
+        UPDATE cohortsync.outbox o
+           SET attempts = o.attempts + 1, lease_until = NULL, leased_by = NULL, last_error = v_error,
+               next_attempt_at = now() + least(interval '10 minutes',
+                                               interval '1 second' * power(2, least(o.attempts, 20)))
+                                         * (0.5 + random() / 2)
+         WHERE o.id = ANY (v_retry);
+    END IF;
+
+    IF v_result = 'done' AND cardinality(p_rest) > 0 THEN
+        UPDATE cohortsync.outbox o SET lease_until = now() + p_lease WHERE o.id = ANY (p_rest);
+    END IF;
+
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = p_destination) THEN
+        RETURN v_result;        -- disconnected while the request was in flight
+    END IF;
+    INSERT INTO cohortsync.destination_stats AS s
+           (destination, requests, delivered, failed, phones_dropped, last_success_at,
+            last_error, last_error_at)
+    VALUES (p_destination, 1, v_delivered, v_nfailed, v_phones,
+            CASE WHEN p_http = 200 AND v_status IS NOT NULL THEN now() END,
+            v_error, CASE WHEN v_error IS NOT NULL THEN now() END)
+    ON CONFLICT (destination) DO UPDATE
+       SET requests = s.requests + 1,
+           delivered = s.delivered + EXCLUDED.delivered,
+           failed = s.failed + EXCLUDED.failed,
+           phones_dropped = s.phones_dropped + EXCLUDED.phones_dropped,
+           last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
+           last_error = coalesce(EXCLUDED.last_error, s.last_error),
+           last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at);
+    RETURN v_result;
+END
+$$;
+
+-- What the worker has in flight, per destination, as it publishes it in shared
+-- memory (nothing when the library is not preloaded or no worker runs).
+-- Executable by PUBLIC, an exception: destination_status calls it with the
+-- reader's rights (a view checks function privileges as the view's user). It
+-- shows no more than the view does (a count per destination name), and only to
+-- roles that were given USAGE on the schema.
+CREATE FUNCTION cohortsync._worker_in_flight()
+RETURNS TABLE (destination text, records bigint)
+AS 'MODULE_PATHNAME', 'cohortsync_worker_in_flight'
+LANGUAGE C VOLATILE;
+
+-- Why no delivery worker sends this database's records (NULL: one does, and
+-- the SQL objects, sql_version, are the library's). Executable by PUBLIC like
+-- _worker_in_flight(): destination_status calls it with the reader's rights.
+-- It tells no more than whether and where the worker runs.
+CREATE FUNCTION cohortsync._delivery_blocker(sql_version text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'cohortsync_delivery_blocker'
+LANGUAGE C VOLATILE;
+
+-- Bounded history. prune_history() deletes what is older than a horizon, and the
+-- delivery worker does it on its own with cohortsync.history_retention. Current
+-- membership is never touched, nor the outbox and failed records (they are
+-- self-contained: a record carries everything CleverTap gets; change_id only groups
+-- a change's two records). For every member, the last change before the horizon
+-- is kept when it is an 'added': so members_at() answers exactly for any instant
+-- from the horizon on.
+
+-- Prune the history of one cohort: of every member's changes before the
+-- horizon, keep only the last, and only if it is an 'added'.
+CREATE FUNCTION cohortsync._prune_cohort_history(p_project text, p_cohort text, p_horizon timestamptz)
+RETURNS bigint LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH ranked AS (
+        SELECT c.id, c.change,
+               row_number() OVER (PARTITION BY c.distinct_id ORDER BY c.id DESC) AS rn
+          FROM cohortsync.membership_changes c
+         WHERE c.project_id = p_project AND c.cohort_id = p_cohort AND c.changed_at < p_horizon),
+    gone AS (
+        DELETE FROM cohortsync.membership_changes m
+         USING ranked r
+         WHERE m.id = r.id AND (r.rn > 1 OR r.change = 'removed')
+        RETURNING 1)
+    SELECT count(*) FROM gone
+$$;
+
+-- One step of pruning, in the caller's transaction: the changes of the next
+-- cohort after (p_project, p_cohort); the first step (NULLs) records the
+-- horizon, the last (no cohort left: no row) prunes finished sessions and
+-- their pages. The delivery worker runs one step per short transaction.
+CREATE FUNCTION cohortsync._prune_history_step(p_horizon timestamptz, p_project text, p_cohort text,
+                                               OUT project_id text, OUT cohort_id text,
+                                               OUT changes bigint, OUT sessions bigint, OUT pages bigint)
+RETURNS record LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_project IS NULL THEN
+        INSERT INTO cohortsync.history_pruned AS h (pruned_before) VALUES (p_horizon)
+            ON CONFLICT (singleton) DO UPDATE
+            SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before), pruned_at = now();
+    END IF;
+    SELECT c.project_id, c.cohort_id INTO _prune_history_step.project_id, _prune_history_step.cohort_id
+      FROM cohortsync.cohorts c
+     WHERE p_project IS NULL OR (c.project_id, c.cohort_id) > (p_project, p_cohort)
+     ORDER BY c.project_id, c.cohort_id
+     LIMIT 1;
+    IF FOUND THEN
+        changes := cohortsync._prune_cohort_history(_prune_history_step.project_id,
+                                                     _prune_history_step.cohort_id, p_horizon);
+        RETURN;
+    END IF;
+    -- finished sessions (never a cohort's last one: a page of it sent again
+    -- must still be known) and their pages
+    WITH doomed AS (
+        SELECT s.project_id, s.cohort_id, s.session_id, s.action
+          FROM cohortsync.sync_sessions s
+         WHERE s.state IN ('completed', 'superseded')
+           AND coalesce(s.completed_at, s.superseded_at, s.last_page_at) < p_horizon
+           AND s.last_page_at < p_horizon
+           -- nor a session with a page still waiting to be applied
+           AND NOT EXISTS (SELECT FROM cohortsync.apply_queue q
+                            WHERE q.project_id = s.project_id AND q.cohort_id = s.cohort_id
+                              AND q.session_id = s.session_id AND q.action = s.action)
+           AND NOT EXISTS (SELECT FROM cohortsync.cohorts c
+                            WHERE c.project_id = s.project_id AND c.cohort_id = s.cohort_id
+                              AND c.last_session_id = s.session_id)),
+    gone_pages AS (
+        DELETE FROM cohortsync.sync_pages p USING doomed d
+         WHERE p.project_id = d.project_id AND p.cohort_id = d.cohort_id
+           AND p.session_id = d.session_id AND p.action = d.action
+        RETURNING 1),
+    gone_sessions AS (
+        DELETE FROM cohortsync.sync_sessions s USING doomed d
+         WHERE s.project_id = d.project_id AND s.cohort_id = d.cohort_id
+           AND s.session_id = d.session_id AND s.action = d.action
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM gone_sessions), (SELECT count(*) FROM gone_pages)
+      INTO sessions, pages;
+    project_id := NULL;
+    cohort_id := NULL;
+END
+$$;
+
+CREATE FUNCTION cohortsync.prune_history(older_than interval,
+                                         OUT changes bigint, OUT sessions bigint, OUT pages bigint)
+RETURNS record LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_horizon timestamptz;
+    v_step    record;
+    v_project text;
+    v_cohort  text;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be an interval of zero or more'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_horizon := now() - older_than;
+    changes := 0;
+    LOOP
+        v_step := cohortsync._prune_history_step(v_horizon, v_project, v_cohort);
+        changes := changes + coalesce(v_step.changes, 0);
+        IF v_step.project_id IS NULL THEN
+            sessions := v_step.sessions;
+            pages := v_step.pages;
+            EXIT;
+        END IF;
+        v_project := v_step.project_id;
+        v_cohort := v_step.cohort_id;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.prune_history(interval) IS
+    'Delete history older than the interval (never current membership or queued records); returns what it deleted.';
+
+-- Who was in the cohort at an instant, from the history: every member whose
+-- last change at or before it is an 'added', with the member as sent then.
+CREATE FUNCTION cohortsync.members_at(project_id text, cohort_id text, at timestamptz)
+RETURNS TABLE (distinct_id text, properties jsonb, joined_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_horizon timestamptz;
+BEGIN
+    SELECT h.pruned_before INTO v_horizon FROM cohortsync.history_pruned h;
+    IF at < v_horizon THEN
+        RAISE EXCEPTION 'the history before % has been pruned', v_horizon
+            USING ERRCODE = 'data_exception',
+                  DETAIL = format('members_at() answers for instants from %s on.', v_horizon),
+                  HINT = 'cohortsync.history_retention and cohortsync.prune_history() set how far back the history goes.';
+    END IF;
+    RETURN QUERY
+    SELECT l.distinct_id::text, l.properties, l.changed_at
+      FROM (SELECT DISTINCT ON (c.distinct_id) c.distinct_id, c.change, c.properties, c.changed_at
+              FROM cohortsync.membership_changes c
+             WHERE c.project_id = members_at.project_id AND c.cohort_id = members_at.cohort_id
+               AND c.changed_at <= members_at.at
+             ORDER BY c.distinct_id, c.id DESC) l
+     WHERE l.change = 'added'
+     ORDER BY l.distinct_id;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.members_at(text, text, timestamptz) IS
+    'The members of a cohort at an instant, replayed from membership_changes (an error before the pruning horizon).';
+
+-- Versions: the loaded library's and the SQL objects'.
+CREATE FUNCTION cohortsync._library_version()
+RETURNS text
+AS 'MODULE_PATHNAME', 'cohortsync_library_version'
+LANGUAGE C STRICT STABLE;
+
+CREATE FUNCTION cohortsync.version(OUT library_version text, OUT sql_version text)
+RETURNS record LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT cohortsync._library_version(),
+           (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')
+$$;
+COMMENT ON FUNCTION cohortsync.version() IS
+    'The version of the loaded library and of the extension''s SQL objects (pg_extension.extversion).';
+
+-- cohortsync.status(): everything that decides whether records move, one row
+-- per check. Owner-only, like every function.
+CREATE FUNCTION cohortsync.status()
+RETURNS TABLE (check_name text, ok boolean, detail text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sql     text := (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync');
+    v_lib     text := cohortsync._library_version();
+    v_blocker text := cohortsync._delivery_blocker(v_sql);
+    v_ret     text := current_setting('cohortsync.history_retention', true);
+    v_horizon timestamptz := (SELECT h.pruned_before FROM cohortsync.history_pruned h);
+    r         record;
+BEGIN
+    check_name := 'versions';
+    ok := v_lib = v_sql OR v_lib = 'unknown';
+    detail := format('library %s, SQL objects %s', v_lib, v_sql)
+              || CASE WHEN ok THEN '' ELSE ': run ALTER EXTENSION cohortsync UPDATE' END;
+    RETURN NEXT;
+    check_name := 'delivery worker';
+    ok := v_blocker IS NULL;
+    detail := coalesce(v_blocker, format('serving database %s', current_database()));
+    RETURN NEXT;
+    FOR r IN SELECT s.name, s.reason FROM cohortsync.destination_status s ORDER BY s.name LOOP
+        check_name := 'destination ' || r.name;
+        ok := r.reason IS NULL;
+        detail := coalesce(r.reason, 'active');
+        RETURN NEXT;
+    END LOOP;
+    check_name := 'history retention';
+    ok := true;
+    detail := CASE WHEN v_ret IS NULL OR v_ret IN ('0', '0min') THEN 'kept for ever (cohortsync.history_retention is off)'
+                   ELSE format('pruned by the delivery worker after %s', v_ret) END
+              || CASE WHEN v_horizon IS NULL THEN '' ELSE format('; complete from %s on', v_horizon) END;
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.status() IS
+    'One row per check (versions, delivery worker, each destination, history retention): ok, and what is wrong.';
+
+
+-------------------------------------------------------------------------------
+-- Views.
+-------------------------------------------------------------------------------
+
+-- in_flight: the worker's published count plus rows leased by _claim. reason says
+-- why a destination's records are not moving (NULL: nothing stands in their way).
+CREATE VIEW cohortsync.destination_status AS
+SELECT d.name,
+       d.state,
+       d.paused_reason                         AS state_reason,
+       d.paused_at,
+       greatest(coalesce(o.pending, 0) - coalesce(w.records, 0), 0) AS pending,
+       coalesce(o.in_flight, 0) + least(coalesce(w.records, 0), coalesce(o.pending, 0)) AS in_flight,
+       coalesce(s.delivered, 0)                AS delivered,
+       (SELECT count(*) FROM cohortsync.failed_records f
+         WHERE f.destination = d.name)         AS failed,
+       now() - o.oldest                        AS oldest_pending_age,
+       s.last_success_at,
+       s.last_error,
+       s.last_error_at,
+       coalesce(s.phones_dropped, 0)           AS phones_dropped,
+       coalesce(s.requests, 0)                 AS requests,
+       -- every obstacle, the one of the whole database first
+       nullif(concat_ws('; ',
+         b.blocker,
+         CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
+              THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()' END,
+         CASE WHEN d.state = 'paused'
+              THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
+                   || ' (call cohortsync.resume_destination())' END,
+         CASE WHEN o.retry_waiting > 0
+              THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
+                          o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
+         '')                                   AS reason
+  FROM cohortsync.destinations d
+  LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
+  LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
+  CROSS JOIN (SELECT cohortsync._delivery_blocker(
+                  (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')) AS blocker) b
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE x.lease_until IS NULL OR x.lease_until < now()) AS pending,
+               count(*) FILTER (WHERE x.lease_until >= now())                         AS in_flight,
+               min(x.created_at)                                                      AS oldest,
+               count(*) FILTER (WHERE x.attempts > 0 AND x.next_attempt_at > now())   AS retry_waiting,
+               min(x.next_attempt_at) FILTER (WHERE x.attempts > 0
+                                              AND x.next_attempt_at > now())          AS next_retry
+          FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
+COMMENT ON VIEW cohortsync.destination_status IS
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, and the reason nothing moves (NULL: nothing in the way).';
+
+
+-------------------------------------------------------------------------------
+-- Triggers: the outbox's, and the cascades of the missing foreign keys.
+-------------------------------------------------------------------------------
+
+CREATE TRIGGER queue_changes
+    AFTER INSERT ON cohortsync.membership_changes
+    REFERENCING NEW TABLE AS new_changes
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._queue_changes();
+
+CREATE TRIGGER queue_profile_updates
+    AFTER UPDATE ON cohortsync.members
+    REFERENCING OLD TABLE AS old_members NEW TABLE AS new_members
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._queue_profile_updates();
+
+CREATE TRIGGER cohorts_delete_members
+    AFTER DELETE ON cohortsync.cohorts
+    REFERENCING OLD TABLE AS old_cohorts
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._delete_cohort_members();
+
+CREATE TRIGGER sync_sessions_delete_pages
+    AFTER DELETE ON cohortsync.sync_sessions
+    REFERENCING OLD TABLE AS old_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION cohortsync._delete_session_pages();
+
+CREATE TRIGGER destinations_secrets_follow
+    AFTER DELETE OR UPDATE OF name ON cohortsync.destinations
+    FOR EACH ROW EXECUTE FUNCTION cohortsync._destination_secrets_follow();
+
+-------------------------------------------------------------------------------
+-- Privileges. Only the owner may call anything until they grant it (see README,
+-- "Roles"). The exceptions, executable by PUBLIC: _worker_in_flight() and
+-- _delivery_blocker(), which destination_status calls with its reader's rights.
+-------------------------------------------------------------------------------
+
+REVOKE ALL ON cohortsync.webhook_users FROM PUBLIC;
+REVOKE ALL ON cohortsync.destination_secrets FROM PUBLIC;
+REVOKE ALL ON cohortsync.history_pruned FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION cohortsync._delete_cohort_members() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.ingest(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.explain_swap(text, text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.add_webhook_user(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.drop_webhook_user(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._clevertap_identity(jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._normalize_phone(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._is_e164(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._profile_fields(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.connect_clevertap(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.disconnect_clevertap(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.set_clevertap_passcode(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.pause_destination(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.resume_destination(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.replay_failed(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._clevertap_base_url(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._check_region(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._wake_delivery() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._queue_changes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._queue_profile_updates() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._release_leases() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._claim(text, integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._next_due() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._record_outcome(text, bigint[], integer, text, text, interval, interval, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.grant_ingest(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.grant_read(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.revoke_access(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._check_grantee(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._claim_due(text, integer, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._identity_key(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.apply_pending() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._delete_session_pages() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._destination_secrets_follow() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._prune_cohort_history(text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._prune_history_step(timestamptz, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.prune_history(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.members_at(text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._library_version() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.version() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.status() FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- The data is the point of the extension: pg_dump must keep it. Destinations
+-- and their passcodes are dumped (a restore without them could not deliver; a dump
+-- of this extension holds personal data and must be guarded anyway), and so are the
+-- queue, the failed records and the apply queue. destination_stats are counters and
+-- are not.
+-------------------------------------------------------------------------------
+
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.cohorts', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.members', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.membership_changes', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.membership_changes_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.sync_sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.sync_pages', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.staged_members', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.webhook_users', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.destinations', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.destination_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.failed_records', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.apply_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.apply_queue_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('cohortsync.history_pruned', '');
