@@ -233,8 +233,10 @@ static CsStatement unstage_page = {
 };
 
 /*
- * The full-sync swap: three statements over the staged session and the
- * stored membership. They are not kept as prepared plans: they run once per
+ * The full-sync swap: one statement over the staged session and the stored
+ * membership (churn_statement, or first_fill_sorted_statement for an empty
+ * cohort); staging in the 0.1.0 layout still takes the three statements of
+ * swap_statements. They are not kept as prepared plans: they run once per
  * full sync, and planning them with the actual ids is worth it.
  */
 #define STAGED_SESSION "s.project_id = $1 AND s.cohort_id = $2 AND s.session_id = $3"

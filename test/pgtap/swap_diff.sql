@@ -7,10 +7,12 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(15);
+SELECT plan(18);
 
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'k', 'k1', ARRAY['a', 'b', 'c', 'd'])), 'success', 'first sync');
 SELECT cohortsync.apply_pending();
+SELECT lives_ok($$SELECT cohortsync.connect_clevertap('ct', 'ACC', 'cs-secret-pass-k', 'us1')$$,
+                'a destination, so that the swap queues its changes');
 CREATE TEMP TABLE before_k2 AS SELECT distinct_id, ctid AS stored FROM cohortsync.members WHERE cohort_id = 'k';
 
 -- a: two pages, the higher one with a new email; c: the lower page differs, the higher
@@ -41,6 +43,13 @@ SELECT is((SELECT array_agg(b.distinct_id ORDER BY b.distinct_id) FROM before_k2
             WHERE m.ctid <> b.stored), ARRAY['a'],
           'only the member that differs is rewritten');
 SELECT is((SELECT count(*) FROM cohortsync.staged_members WHERE session_id = 'k2'), 0::bigint, 'staging is emptied');
+SELECT bag_eq($$SELECT c.change || ':' || c.distinct_id FROM cohortsync.outbox o
+                 JOIN cohortsync.membership_changes c ON c.id = o.change_id
+                WHERE c.session_id = 'k2' AND o.record ->> 'type' = 'event'$$,
+              $$VALUES ('removed:d'), ('added:e'), ('added:f')$$,
+              'one event queued per change');
+SELECT is((SELECT array_agg(record ->> 'identity') FROM cohortsync.outbox WHERE change_id IS NULL),
+          ARRAY['a'], 'one profile update, for the refreshed member');
 
 -- the same snapshot again: nothing changes, nothing is recorded
 SELECT pg_temp.ingest(jsonb_set(pg_temp.page('members', 'k', 'k3', ARRAY['a', 'b', 'c', 'e', 'f']),
