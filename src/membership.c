@@ -234,27 +234,13 @@ static CsStatement unstage_page = {
 };
 
 /*
- * The full-sync swap: three statements over the staged session and the
- * stored membership. They are not kept as prepared plans: they run once per
+ * The full-sync swap: one statement over the staged session and the stored
+ * membership (churn_statement, or first_fill_sorted_statement for an empty
+ * cohort); staging in the 0.1.0 layout still takes the three statements of
+ * swap_statements. They are not kept as prepared plans: they run once per
  * full sync, and planning them with the actual ids is worth it.
  */
 #define STAGED_SESSION "s.project_id = $1 AND s.cohort_id = $2 AND s.session_id = $3"
-
-/*
- * A member sent in two pages of the session counts from the higher page only
- * (rows staged by 0.1.0 have no page, and are unique already). Before the swap
- * the losing copies are deleted, usually none: one hash semi join of the
- * session with itself on distinct_id, far cheaper than the unique index
- * staging used to maintain row by row, and it leaves the swap's statements
- * with one row per member, as they were written for.
- */
-static const char *const dedup_staged_statement =
-	"DELETE FROM cohortsync.staged_members s"
-	" WHERE " STAGED_SESSION
-	"   AND EXISTS (SELECT FROM cohortsync.staged_members l"
-	"                WHERE l.project_id = $1 AND l.cohort_id = $2 AND l.session_id = $3"
-	"                  AND l.distinct_id = s.distinct_id"
-	"                  AND coalesce(l.page_count, 0) > coalesce(s.page_count, 0))";
 
 /* Insert staged members (those meeting the extra condition), recording them as added. */
 #define INSERT_STAGED(condition) \
@@ -301,6 +287,91 @@ static const char *const swap_statements[] = {
  * case for big cohorts, and it skips two joins over the whole snapshot.
  */
 static const char *const first_fill_statement = INSERT_STAGED("");
+
+/*
+ * The staged session, one row per member, in distinct_id order: a member sent
+ * in two pages counts from the higher page (rows staged by 0.1.0 have no page
+ * and are unique already). The sort that orders the session also drops the
+ * lower copies, so the swap needs no separate pass (it used to delete them with
+ * a hash semi join of the session with itself, 2-5 s at 1M). Only for the 0.2.0
+ * layout of staged_members (page_count).
+ */
+#define STAGED_SORTED(cols) \
+	"SELECT DISTINCT ON (s.distinct_id) " cols \
+	"  FROM cohortsync.staged_members s" \
+	" WHERE " STAGED_SESSION \
+	" ORDER BY s.distinct_id, s.page_count DESC NULLS LAST"
+
+/*
+ * The first fill, from the sorted session: the members' primary key is then
+ * filled in key order, at its right edge, instead of at random leaves.
+ */
+static const char *const first_fill_sorted_statement =
+	"WITH joined AS ("
+	"  INSERT INTO cohortsync.members"
+	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
+	"  SELECT $1, $2, s.distinct_id, s.email, s.phone, s.first_name, s.last_name, s.properties"
+	"    FROM (" STAGED_SORTED("s.distinct_id, s.email, s.phone, s.first_name, s.last_name, s.properties") ") s"
+	"  RETURNING distinct_id, properties)"
+	" INSERT INTO cohortsync.membership_changes"
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined";
+
+/*
+ * Any later full sync: one pass computes the difference, then only the changed
+ * members are written. The sorted session and the stored members of the cohort
+ * (read in distinct_id order, or sorted) meet in one merge full join; a row
+ * missing on one side is a member who joined or left, a row on both sides whose
+ * fields differ is a member to refresh, and everyone else (with 1% churn, 98% of
+ * the cohort) is dropped right there. Only those rows are kept (the diff CTE),
+ * and the writes reach the stored rows by their ctid, through a TID scan of an
+ * array of them: no second join against the whole cohort, and a plan that no
+ * statistic can turn into a nested loop (a full join is a merge or hash join by
+ * construction). The ctids are stable: nothing else writes the cohort's members
+ * while its swap runs (its diff pages queue behind it, see apply_queue.c), and
+ * all parts of the statement see one snapshot.
+ *
+ * Before (the statements of swap_statements below, still used for staging in
+ * the 0.1.0 layout), three statements each joined the whole session with the
+ * whole cohort, and a dedup pass a fourth time.
+ *
+ * The history rows of who left come first, then those of who joined, as before;
+ * the statement returns both counts.
+ */
+static const char *const churn_statement =
+	"WITH diff AS MATERIALIZED ("
+	"  SELECT m.stored, s.distinct_id, s.email, s.phone, s.first_name, s.last_name, s.properties"
+	"    FROM (SELECT m.ctid AS stored, m.distinct_id, m.email, m.phone, m.first_name,"
+	"                 m.last_name, m.properties"
+	"            FROM cohortsync.members m"
+	"           WHERE m.project_id = $1 AND m.cohort_id = $2) m"
+	"    FULL JOIN (" STAGED_SORTED("s.distinct_id, s.email, s.phone, s.first_name, s.last_name, s.properties") ") s"
+	"      ON s.distinct_id = m.distinct_id"
+	"   WHERE m.stored IS NULL OR s.distinct_id IS NULL OR " FIELDS_DIFFER("m", "s") "),"
+	" gone AS ("
+	"  DELETE FROM cohortsync.members m"
+	"   WHERE m.ctid = ANY (ARRAY(SELECT d.stored FROM diff d WHERE d.distinct_id IS NULL))"
+	"     AND m.project_id = $1 AND m.cohort_id = $2"
+	"  RETURNING m.distinct_id, m.properties),"
+	" joined AS ("
+	"  INSERT INTO cohortsync.members"
+	"    (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
+	"  SELECT $1, $2, d.distinct_id, d.email, d.phone, d.first_name, d.last_name, d.properties"
+	"    FROM diff d WHERE d.stored IS NULL"
+	"  RETURNING distinct_id, properties),"
+	" refreshed AS ("
+	"  UPDATE cohortsync.members m SET " REFRESH_FROM("d")
+	"    FROM diff d"
+	"   WHERE m.ctid = ANY (ARRAY(SELECT r.stored FROM diff r"
+	"                              WHERE r.stored IS NOT NULL AND r.distinct_id IS NOT NULL))"
+	"     AND m.ctid = d.stored AND m.project_id = $1 AND m.cohort_id = $2),"
+	" recorded AS ("
+	"  INSERT INTO cohortsync.membership_changes"
+	"    (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	"  SELECT $1, $2, distinct_id, 'removed', $3, properties FROM gone"
+	"  UNION ALL"
+	"  SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined)"
+	" SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM joined)";
 
 /*
  * Staging as 0.1.0 did it, for a library newer than the schema (the server runs
@@ -504,6 +575,35 @@ guard_page_plans(void)
 	return nestlevel;
 }
 
+/*
+ * Settings for the swap's one-pass statements, on top of guard_swap_plans():
+ * the full join is a merge join (a hash full join of two 1M-row sides batched
+ * to disk and was about twice as slow), and work_mem is a quarter of
+ * maintenance_work_mem. Two sorts, the merge join's materialized side, the
+ * difference, the RETURNING tuplestores and the transition tables can be alive
+ * at once, each allowed work_mem; all spill sequentially beyond it, which at 1M
+ * cost nothing measurable (a quarter and the whole of maintenance_work_mem
+ * timed alike).
+ */
+static void
+guard_one_pass(void)
+{
+	char		workmem[32];
+
+	snprintf(workmem, sizeof(workmem), "%d", Max(maintenance_work_mem / 4, 64));
+	set_local("work_mem", workmem);
+	set_local("enable_hashjoin", "off");
+	/*
+	 * The writes reach their rows by TID scan only: on a small cohort (or one
+	 * whose statistics are stale) a sequential scan filtering on ctid would be
+	 * estimated cheaper, and is linear in the cohort instead of the change.
+	 * The two sides of the full join are then read through their indexes:
+	 * the members' primary key (the cohort's own key range, not every cohort)
+	 * and staging's (session_id, page_count).
+	 */
+	set_local("enable_seqscan", "off");
+}
+
 /* Replace the cohort's membership with the staged snapshot of the session. */
 static void
 swap_membership(Datum *key, CsApplyResult *result)
@@ -511,16 +611,39 @@ swap_membership(Datum *key, CsApplyResult *result)
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
 	int			nestlevel;
 	bool		empty;
+	bool		by_page = staging_by_page();
 
 	(void) run(&cohort_is_empty, key, SPI_OK_SELECT);
 	empty = first_bool();
 
 	nestlevel = guard_swap_plans();
-	if (staging_by_page() &&
-		SPI_execute_with_args(dedup_staged_statement, 3, argtypes, key, NULL, false, 0) < 0)
-		elog(ERROR, "cohortsync: swap statement failed");
-	if (empty)
+	if (by_page)
 	{
+		guard_one_pass();
+		if (empty)
+		{
+			if (SPI_execute_with_args(first_fill_sorted_statement, 3, argtypes, key,
+									  NULL, false, 0) < 0)
+				elog(ERROR, "cohortsync: swap statement failed");
+			result->added = SPI_processed;
+		}
+		else
+		{
+			bool		isnull;
+
+			if (SPI_execute_with_args(churn_statement, 3, argtypes, key,
+									  NULL, false, 0) != SPI_OK_SELECT ||
+				SPI_processed != 1)
+				elog(ERROR, "cohortsync: swap statement failed");
+			result->removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+			result->added = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 2, &isnull));
+		}
+	}
+	else if (empty)
+	{
+		/* staging in the 0.1.0 layout: unique per member already */
 		if (SPI_execute_with_args(first_fill_statement, 3, argtypes, key, NULL, false, 0) < 0)
 			elog(ERROR, "cohortsync: swap statement failed");
 		result->added = SPI_processed;
@@ -801,9 +924,27 @@ cs_explain_swap(const char *project_id, const char *cohort_id,
 	if (guarded)
 		nestlevel = guard_swap_plans();
 
-	for (int i = 0; i < (int) lengthof(swap_statements); i++)
+	/*
+	 * The three statements of the 0.1.0 staging layout, then the swap's
+	 * one-pass statements (the later sync, the first fill), each under the
+	 * settings the swap runs it with.
+	 */
+	for (int i = 0; i < (int) lengthof(swap_statements) + 2; i++)
 	{
-		char	   *sql = psprintf("EXPLAIN (COSTS OFF) %s", swap_statements[i]);
+		const char *stmt;
+		char	   *sql;
+
+		if (i < (int) lengthof(swap_statements))
+			stmt = swap_statements[i];
+		else
+		{
+			if (!staging_by_page())
+				break;
+			if (guarded && i == (int) lengthof(swap_statements))
+				guard_one_pass();
+			stmt = i == (int) lengthof(swap_statements) ? churn_statement : first_fill_sorted_statement;
+		}
+		sql = psprintf("EXPLAIN (COSTS OFF) %s", stmt);
 
 		if (SPI_execute_with_args(sql, 3, argtypes, values, NULL, false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "cohortsync: EXPLAIN failed");

@@ -7,7 +7,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(6);
+SELECT plan(8);
 
 -- the cohort has members already (a first fill takes a simpler path), and statistics
 -- are taken while staging holds one tiny session of another cohort
@@ -26,6 +26,12 @@ SELECT doesnt_match(cohortsync.explain_swap('1001', 'big', 'b1'), 'Nested Loop',
                     'the swap''s own plan has no nested loop');
 SELECT matches(cohortsync.explain_swap('1001', 'big', 'b1'), '(Hash|Merge) Anti Join',
                'it computes the difference with a hash or merge anti join');
+-- the swap of a 0.2.0 staging session: one merge full join of the sorted session with
+-- the cohort, then writes by ctid (a TID scan of an array, no second join)
+SELECT matches(cohortsync.explain_swap('1001', 'big', 'b1'), 'Merge Full Join',
+               'the one-pass swap computes the difference with a merge full join');
+SELECT matches(cohortsync.explain_swap('1001', 'big', 'b1'), 'Tid Scan',
+               'and writes the changed members through their ctid');
 
 -- and the last page completes the swap with the right result
 SELECT is(pg_temp.ingest(pg_temp.page('members', 'big', 'b1', pg_temp.ids('u', 1000, 21000), 21, 21)), 'success', 'last page');
