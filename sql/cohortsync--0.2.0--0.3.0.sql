@@ -293,6 +293,7 @@ CREATE OR REPLACE FUNCTION cohortsync.set_clevertap_passcode(name text, passcode
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET log_min_error_statement = panic
+SET log_min_messages = warning
 AS $$
 BEGIN
     IF passcode IS NULL OR passcode = '' THEN
@@ -609,3 +610,12 @@ COMMENT ON FUNCTION cohortsync.status() IS
 REVOKE ALL ON FUNCTION cohortsync._library_version() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.version() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.status() FROM PUBLIC;
+
+-- The functions that take a secret as an argument log nothing below WARNING while
+-- they run: with log_min_messages at DEBUG1, a catalog-cache message raised inside
+-- them was logged with a CONTEXT quoting the caller's statement, secret included
+-- (log_min_error_statement = panic does not cover CONTEXT lines).
+ALTER FUNCTION cohortsync.connect_clevertap(text, text, text, text, text)
+    SET log_min_messages = warning;
+ALTER FUNCTION cohortsync.add_webhook_user(text, text)
+    SET log_min_messages = warning;

@@ -352,12 +352,15 @@ COMMENT ON FUNCTION cohortsync.apply_pending() IS
 
 -- Webhook users. add_webhook_user creates the user or replaces its password.
 -- log_min_error_statement = panic keeps a failed call's statement, which holds
--- the password, out of the server log.
+-- the password, out of the server log; log_min_messages = warning keeps out the
+-- messages raised while it runs, whose CONTEXT may quote the caller's statement.
+-- (The functions below that take a passcode do the same.)
 CREATE FUNCTION cohortsync.add_webhook_user(username text, password text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'cohortsync_add_webhook_user'
 LANGUAGE C STRICT VOLATILE
-SET log_min_error_statement = panic;
+SET log_min_error_statement = panic
+SET log_min_messages = warning;
 COMMENT ON FUNCTION cohortsync.add_webhook_user(text, text) IS
     'Create a webhook user, or set its password; stores a SCRAM-SHA-256 hash of it.';
 
@@ -499,6 +502,7 @@ CREATE FUNCTION cohortsync.connect_clevertap(name text, account_id text, passcod
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET log_min_error_statement = panic
+SET log_min_messages = warning
 AS $$
 BEGIN
     IF name IS NULL OR name = '' THEN
@@ -561,6 +565,7 @@ CREATE FUNCTION cohortsync.set_clevertap_passcode(name text, passcode text)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET log_min_error_statement = panic
+SET log_min_messages = warning
 AS $$
 BEGIN
     IF passcode IS NULL OR passcode = '' THEN
