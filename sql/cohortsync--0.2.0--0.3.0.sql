@@ -85,6 +85,24 @@ REVOKE ALL ON FUNCTION cohortsync.apply_pending() FROM PUBLIC;
 -- restore's COPY, or any other write to the tables, queues nothing; users' own
 -- triggers on the tables fire as before.
 -------------------------------------------------------------------------------
+-- Whether the outbox triggers queue anything for the current statement: only what
+-- cohortsync itself records (cohortsync.queue_changes, set by ingest for its own
+-- statements), not a restore's COPY or a hand-made write; and only when a
+-- destination is connected (building records for nobody would be ~4 s of a
+-- 1M-member swap). A library older than 0.3.0, still loaded before the server's
+-- restart, defines its other settings but not this one and never sets it: its
+-- ingest is queued rather than lost.
+CREATE FUNCTION cohortsync._queue_wanted()
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (coalesce(current_setting('cohortsync.queue_changes', true) = 'on', false)
+            OR (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL))
+       AND EXISTS (SELECT FROM cohortsync.destinations)
+$$;
+REVOKE ALL ON FUNCTION cohortsync._queue_wanted() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION cohortsync._queue_changes()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -92,19 +110,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
-    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
-    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
-    -- server not restarted yet) defines its other settings and not this one, and
-    -- never sets it: its ingest is queued as before rather than lost.
-    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
-       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
-                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
-        RETURN NULL;
-    END IF;
-    -- Nothing connected: nothing to queue. (The transition table has been
-    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
-    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+    IF NOT cohortsync._queue_wanted() THEN
         RETURN NULL;
     END IF;
     -- Within one statement every (cohort, member) changes once, so the records
@@ -174,19 +180,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
-    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
-    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
-    -- server not restarted yet) defines its other settings and not this one, and
-    -- never sets it: its ingest is queued as before rather than lost.
-    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
-       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
-                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
-        RETURN NULL;
-    END IF;
-    -- Nothing connected: nothing to queue. (The transition table has been
-    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
-    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+    IF NOT cohortsync._queue_wanted() THEN
         RETURN NULL;
     END IF;
     INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)

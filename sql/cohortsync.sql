@@ -706,12 +706,25 @@ AS $$
                 ELSE 'sha256:' || encode(sha256(convert_to(identity, 'UTF8')), 'hex') END
 $$;
 
--- The outbox triggers: one statement-level trigger per table, one INSERT ... SELECT
--- for all the changes of the statement and all destinations. They queue only what
+-- Whether the outbox triggers queue anything for the current statement: only what
 -- cohortsync itself records (cohortsync.queue_changes, set by ingest for its own
--- statements, src/change_origin.c): a restore's COPY of membership_changes would
--- otherwise queue the whole history again. They return at once when no destination
--- is connected (building records for nobody would be ~4 s of a 1M-member swap).
+-- statements), not a restore's COPY or a hand-made write; and only when a
+-- destination is connected (building records for nobody would be ~4 s of a
+-- 1M-member swap). A library older than 0.3.0, still loaded before the server's
+-- restart, defines its other settings but not this one and never sets it: its
+-- ingest is queued rather than lost.
+CREATE FUNCTION cohortsync._queue_wanted()
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (coalesce(current_setting('cohortsync.queue_changes', true) = 'on', false)
+            OR (current_setting('cohortsync.queue_changes', true) IS NULL
+                AND current_setting('cohortsync.batch_size', true) IS NOT NULL))
+       AND EXISTS (SELECT FROM cohortsync.destinations)
+$$;
+
+-- The outbox triggers: one statement-level trigger per table, one INSERT ... SELECT
+-- for all the changes of the statement and all destinations, when _queue_wanted().
 CREATE FUNCTION cohortsync._queue_changes()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -719,19 +732,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
-    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
-    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
-    -- server not restarted yet) defines its other settings and not this one, and
-    -- never sets it: its ingest is queued as before rather than lost.
-    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
-       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
-                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
-        RETURN NULL;
-    END IF;
-    -- Nothing connected: nothing to queue. (The transition table has been
-    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
-    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+    IF NOT cohortsync._queue_wanted() THEN
         RETURN NULL;
     END IF;
     -- Within one statement every (cohort, member) changes once, so the records
@@ -805,19 +806,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    -- Only what cohortsync records is queued (cohortsync.queue_changes, set by
-    -- ingest for its own statements): not a restore's COPY, not a hand-made write.
-    -- But a library older than 0.3.0 (loaded before ALTER EXTENSION UPDATE, the
-    -- server not restarted yet) defines its other settings and not this one, and
-    -- never sets it: its ingest is queued as before rather than lost.
-    IF current_setting('cohortsync.queue_changes', true) IS DISTINCT FROM 'on'
-       AND NOT (current_setting('cohortsync.queue_changes', true) IS NULL
-                AND current_setting('cohortsync.batch_size', true) IS NOT NULL) THEN
-        RETURN NULL;
-    END IF;
-    -- Nothing connected: nothing to queue. (The transition table has been
-    -- filled anyway; this saves building the records, ~4 s of a 1M-member swap.)
-    IF NOT EXISTS (SELECT FROM cohortsync.destinations) THEN
+    IF NOT cohortsync._queue_wanted() THEN
         RETURN NULL;
     END IF;
     INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
@@ -1560,6 +1549,7 @@ REVOKE ALL ON FUNCTION cohortsync.replay_failed(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_base_url(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._check_region(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._wake_delivery() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._queue_wanted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._queue_changes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._queue_profile_updates() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._release_leases() FROM PUBLIC;
