@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Local stand-in for mParticle's server-to-server Events API (POST /v2/bulkevents), for
+tests and benchmarks.
+
+Behaviour follows docs/destination-apis.md (mParticle section): HTTP Basic authentication
+with an input feed's key and secret, a JSON array of 1..100 event batches, each with an
+`environment` and a user (`user_identities` and/or a signed 64-bit `mpid`), 202 Accepted
+with an empty body, and one answer for the whole request (no per-batch results).
+
+Standard library only; listens on 127.0.0.1 only. See README.md next to this file.
+"""
+
+import base64
+import binascii
+import json
+import sys
+
+import standin_base as base
+
+API_PATH = "/v2/bulkevents"
+MAX_BATCHES = 100             # per request, documented
+MAX_REQUEST_BYTES = 256 << 10  # documented request size limit
+MAX_BATCH_BYTES = 128 << 10    # documented batch size limit
+ENVIRONMENTS = ("production", "development")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+MESSAGES = {
+    400: "Bad Request",
+    401: "Unauthorized: authentication is missing or invalid",
+    403: "Forbidden: the API key and secret are not valid",
+    404: "Not Found",
+    413: "Request too large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+DEFAULTS = dict(base.COMMON_SETTINGS)
+
+
+def batch_refusal(batch, record_errors):
+    """None if the batch is acceptable, else why not (the whole request fails with it)."""
+    if not isinstance(batch, dict):
+        return "Each batch must be a JSON object."
+    if batch.get("environment") not in ENVIRONMENTS:
+        return "Required field \"environment\" must be \"production\" or \"development\"."
+    ids = batch.get("user_identities")
+    has_mpid = "mpid" in batch
+    if ids is None and not has_mpid:
+        return "A batch needs \"user_identities\" or \"mpid\"."
+    if ids is not None and not (isinstance(ids, dict) and ids
+                                and all(isinstance(v, str) and v for v in ids.values())):
+        return "\"user_identities\" must be an object of non-empty strings."
+    if has_mpid and not (base.is_int(batch["mpid"]) and INT64_MIN <= batch["mpid"] <= INT64_MAX):
+        return "\"mpid\" must be a 64-bit integer."
+    attrs = batch.get("user_attributes")
+    if attrs is not None and not isinstance(attrs, dict):
+        return "\"user_attributes\" must be an object."
+    if "events" in batch and not isinstance(batch["events"], list):
+        return "\"events\" must be an array."
+    if record_errors:
+        for ident in ((ids or {}).get("customer_id"), batch.get("mpid")):
+            if ident is not None and str(ident) in record_errors:
+                return record_errors[str(ident)]
+    return None
+
+
+class Handler(base.BaseHandler):
+    server_version = "mparticle-standin/1"
+    API_PATH = API_PATH
+    GARBAGE_STATUS = 400   # the success answer has no body: garbage is an unreadable refusal
+    RECORDS_FILTER = "_api_key"
+
+    def error_body(self, status, message=None):
+        body = {"errors": [{"code": "BAD_REQUEST" if status == 400 else str(status),
+                            "message": message or MESSAGES.get(status, "Service Unavailable")}]}
+        headers = {"X-MP-Rate-Limit-Exceeded": "feed"} if status == 429 else {}
+        return body, headers
+
+    def authenticate(self):
+        auth = self.headers.get("Authorization", "")
+        pair = None
+        if auth.startswith("Basic "):
+            try:
+                key, sep, secret = base64.b64decode(auth[6:], validate=True).decode().partition(":")
+                pair = (key, secret) if sep else None
+            except (binascii.Error, UnicodeDecodeError):
+                pair = None
+        if pair is None:
+            return None, 401, self.error_body(401)[0]
+        st = self.server.state
+        with st.lock:
+            known = pair in st.credentials
+        if not known:
+            return None, 403, self.error_body(403)[0]
+        return pair[0], None, None
+
+    def parse_control_key(self, key, value, new, creds):
+        if key == "credentials":
+            if not isinstance(value, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
+                    for p in value):
+                raise ValueError("credentials must be a list of [api_key, api_secret] pairs")
+            return True, {(k, s) for k, s in value}
+        return False, creds
+
+    def process(self, body, api_key, seq, arrived, settings):
+        if len(body) > MAX_REQUEST_BYTES:
+            return 413, *self.error_body(413)
+        doc = base.parse_json(body)
+        if not isinstance(doc, list) or not 1 <= len(doc) <= MAX_BATCHES:
+            return 400, self.error_body(
+                400, f"The body must be a JSON array of 1 to {MAX_BATCHES} batches.")[0], {}
+        self._nrecords = len(doc)
+        for i, batch in enumerate(doc):
+            why = batch_refusal(batch, settings["record_errors"])
+            if why is None and len(json.dumps(batch)) > MAX_BATCH_BYTES:
+                why = "Batch too large."
+            if why is not None:
+                self.store(seq, [], len(doc))
+                return 400, self.error_body(400, f"Batch {i}: {why}")[0], {}
+        stored = [dict(b, _seq=seq, _at=arrived, _api_key=api_key) if settings["store"] else None
+                  for b in doc]
+        self.store(seq, stored, 0)
+        return 202, None, {}
+
+
+def main(argv=None):
+    ap = base.common_arguments("Local stand-in for mParticle's POST /v2/bulkevents.")
+    ap.add_argument("--api-key", action="append", required=True,
+                    help="input feed key (repeat, paired in order with --api-secret)")
+    ap.add_argument("--api-secret", action="append", required=True,
+                    help="input feed secret (repeat, paired in order with --api-key)")
+    args = ap.parse_args(argv)
+    if len(args.api_key) != len(args.api_secret):
+        ap.error("--api-key and --api-secret must be given the same number of times")
+    state = base.State(zip(args.api_key, args.api_secret), DEFAULTS)
+    return base.serve(ap, args, state, Handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
