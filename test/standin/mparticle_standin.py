@@ -35,13 +35,36 @@ MESSAGES = {
     503: "Service Unavailable",
 }
 
+# The batch schema (mparticle.inbound.eventsapi.schema.json) allows no other keys.
+BATCH_KEYS = {
+    "source_request_id", "events", "device_info", "application_info", "user_attributes",
+    "deleted_user_attributes", "user_identities", "environment", "api_key", "api_keys", "ip",
+    "integration_attributes", "context", "partner_identity", "partner_identities",
+    "source_info", "mp_deviceid", "attribution_info", "timestamp_unixtime_ms", "batch_id",
+    "mpid", "origin_mpid", "sdk_version", "consent_state", "job_id",
+}
+IDENTITY_KEYS = {
+    "other", "customer_id", "facebook", "twitter", "google", "microsoft", "yahoo", "email",
+    "alias", "facebook_custom_audience_id", "other_id_2", "other_id_3", "other_id_4",
+    "other_id_5", "other_id_6", "other_id_7", "other_id_8", "other_id_9", "other_id_10",
+    "mobile_number", "phone_number_2", "phone_number_3",
+}
+
 DEFAULTS = dict(base.COMMON_SETTINGS)
+
+
+def scalar(v):
+    """The schema's "String": a string, number, boolean or null (not an object or array)."""
+    return v is None or isinstance(v, (str, int, float, bool))
 
 
 def batch_refusal(batch, record_errors):
     """None if the batch is acceptable, else why not (the whole request fails with it)."""
     if not isinstance(batch, dict):
         return "Each batch must be a JSON object."
+    unknown = sorted(set(batch) - BATCH_KEYS)
+    if unknown:
+        return f"Unknown batch field \"{unknown[0]}\"."
     if batch.get("environment") not in ENVIRONMENTS:
         return "Required field \"environment\" must be \"production\" or \"development\"."
     ids = batch.get("user_identities")
@@ -51,11 +74,15 @@ def batch_refusal(batch, record_errors):
     if ids is not None and not (isinstance(ids, dict) and ids
                                 and all(isinstance(v, str) and v for v in ids.values())):
         return "\"user_identities\" must be an object of non-empty strings."
+    if ids and not set(ids) <= IDENTITY_KEYS:
+        return f"Unknown user identity \"{sorted(set(ids) - IDENTITY_KEYS)[0]}\"."
     if has_mpid and not (base.is_int(batch["mpid"]) and INT64_MIN <= batch["mpid"] <= INT64_MAX):
         return "\"mpid\" must be a 64-bit integer."
     attrs = batch.get("user_attributes")
-    if attrs is not None and not isinstance(attrs, dict):
-        return "\"user_attributes\" must be an object."
+    if attrs is not None and not (isinstance(attrs, dict) and all(
+            scalar(v) or (isinstance(v, list) and all(scalar(x) for x in v))
+            for v in attrs.values())):
+        return "\"user_attributes\" must be an object of strings, numbers, booleans or arrays."
     if "events" in batch and not isinstance(batch["events"], list):
         return "\"events\" must be an array."
     if record_errors:

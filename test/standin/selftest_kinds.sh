@@ -221,11 +221,16 @@ for b in 'not json' '{}' '{"environment":"production"}' "$B1" '[NaN]' '' "[$B1,1
          '[{"environment":"production","mpid":1e3}]' \
          '[{"environment":"production","mpid":9223372036854775808}]' \
          '[{"environment":"production","mpid":-9223372036854775809}]' \
-         '[{"environment":"production","mpid":1,"user_attributes":[]}]'; do
+         '[{"environment":"production","mpid":1,"user_attributes":[]}]' \
+         '[{"environment":"production","mpid":1,"user_attributes":{"a":{"b":1}}}]' \
+         '[{"environment":"production","mpid":1,"user_identity":{"customer_id":"c"}}]' \
+         '[{"environment":"production","user_identities":{"customerid":"c"}}]'; do
     mp "$b"; expect "mparticle: refused whole: ${b:0:70}" 400 '"code":"BAD_REQUEST"'
 done
 mp '[{"environment":"production","mpid":9223372036854775807},{"environment":"production","mpid":-9223372036854775808}]'
 expect "mparticle: mpid at both ends of int64" 202
+mp '[{"environment":"production","user_identities":{"customer_id":"c","email":"c@example.com","mobile_number":"+4915112345678"},"user_attributes":{"s":"x","b":true,"n":1.5,"z":null,"l":["a","b"]},"events":[]}]'
+expect "mparticle: every user_attributes value kind, more identities" 202
 batches=""; for ((i = 1; i <= 101; i++)); do batches+="{\"environment\":\"production\",\"user_identities\":{\"customer_id\":\"c$i\"}},"; done
 mp "[${batches%,}]"; expect "mparticle: 101 batches -> 400" 400
 batches=""; for ((i = 1; i <= 100; i++)); do batches+="{\"environment\":\"production\",\"user_identities\":{\"customer_id\":\"c$i\"}},"; done
