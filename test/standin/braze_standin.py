@@ -10,6 +10,8 @@ are applied per external_id and shown by GET /_users.
 Standard library only; listens on 127.0.0.1 only. See README.md next to this file.
 """
 
+import argparse
+import hashlib
 import re
 import sys
 import time
@@ -39,6 +41,11 @@ MESSAGES = {
 RATE_LIMIT = 3000             # X-RateLimit-Limit sent with a 429 (the documented default)
 
 DEFAULTS = dict(base.COMMON_SETTINGS, key_status={})
+
+
+def key_label(key):
+    """What /_records and /_stats show for a key: the key is the secret, never shown."""
+    return "key-" + hashlib.md5(key.encode()).hexdigest()[:12]
 
 
 def refusal(obj, record_errors):
@@ -120,7 +127,7 @@ class Handler(base.BaseHandler):
             return None, 401, self.error_body(401)[0]
         if unusable:
             return None, unusable, self.error_body(unusable)[0]
-        return key, None, None
+        return key_label(key), None, None
 
     def parse_control_key(self, key, value, new, creds):
         if key == "key_status":
@@ -134,6 +141,13 @@ class Handler(base.BaseHandler):
                 raise ValueError("api_keys must be a list of strings")
             return True, set(value)
         return False, creds
+
+    def _records(self, query):
+        # ?key= takes the key itself or its label.
+        if "key" in query:
+            query = dict(query, key=[k if k.startswith("key-") else key_label(k)
+                                     for k in query["key"]])
+        super()._records(query)
 
     def process(self, body, key, seq, arrived, settings):
         doc = base.parse_json(body)
@@ -201,8 +215,11 @@ class Handler(base.BaseHandler):
 
 def main(argv=None):
     ap = base.common_arguments("Local stand-in for Braze's POST /users/track.")
-    ap.add_argument("--api-key", action="append", required=True,
+    # --passcode as for the CleverTap stand-in (the key is the destination's secret);
+    # --account is accepted and ignored: Braze has no account id.
+    ap.add_argument("--api-key", "--passcode", dest="api_key", action="append", required=True,
                     help="a REST API key that is accepted (repeat for more)")
+    ap.add_argument("--account", action="append", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     return base.serve(ap, args, State(args.api_key, DEFAULTS), Handler)
 

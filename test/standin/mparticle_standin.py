@@ -123,11 +123,11 @@ class Handler(base.BaseHandler):
         return pair[0], None, None
 
     def parse_control_key(self, key, value, new, creds):
-        if key == "credentials":
+        if key == "accounts":   # named as in the CleverTap stand-in: [account id, secret]
             if not isinstance(value, list) or not all(
                     isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
                     for p in value):
-                raise ValueError("credentials must be a list of [api_key, api_secret] pairs")
+                raise ValueError("accounts must be a list of [api_key, api_secret] pairs")
             return True, {(k, s) for k, s in value}
         return False, creds
 
@@ -154,10 +154,11 @@ class Handler(base.BaseHandler):
 
 def main(argv=None):
     ap = base.common_arguments("Local stand-in for mParticle's POST /v2/bulkevents.")
-    ap.add_argument("--api-key", action="append", required=True,
+    # --account/--passcode as for the CleverTap stand-in: the key plays the account id's part.
+    ap.add_argument("--api-key", "--account", dest="api_key", action="append", required=True,
                     help="input feed key (repeat, paired in order with --api-secret)")
-    ap.add_argument("--api-secret", action="append", required=True,
-                    help="input feed secret (repeat, paired in order with --api-key)")
+    ap.add_argument("--api-secret", "--passcode", dest="api_secret", action="append",
+                    required=True, help="input feed secret (repeat, paired in order with --api-key)")
     args = ap.parse_args(argv)
     if len(args.api_key) != len(args.api_secret):
         ap.error("--api-key and --api-secret must be given the same number of times")

@@ -176,7 +176,7 @@ MP_SECRET=mp-cs-secret-1
 MP_KEY2=mp-key-2
 MP_SECRET2=mp-cs-secret-2
 start_standin mp mparticle_standin.py --api-key "$MP_KEY" --api-secret "$MP_SECRET" \
-    --api-key "$MP_KEY2" --api-secret "$MP_SECRET2" --log "$TMP/mp.log"
+    --account "$MP_KEY2" --passcode "$MP_SECRET2" --log "$TMP/mp.log"
 MP_PID=$PID
 expect_eq "mparticle: stdout announces the port" "$(head -n 1 "$TMP/mp.out")" "listening on http://127.0.0.1:$PORT"
 
@@ -267,14 +267,14 @@ expect "mparticle: record_errors by mpid" 400 'Refused mpid.'
 expect_eq "mparticle: nothing of a refused request stored" "$(count_records)" 0
 control '{"record_errors":null}'
 mp "[$B1]"; expect "mparticle: record_errors cleared" 202
-control "{\"credentials\":[[\"$MP_KEY\",\"new-cs-secret\"]]}"
+control "{\"accounts\":[[\"$MP_KEY\",\"new-cs-secret\"]]}"
 mp "[$B1]"; expect "mparticle: old secret after replacement -> 403" 403
 req POST /v2/bulkevents -u "$MP_KEY:new-cs-secret" "${JSON_CT[@]}" --data-binary "[$B1]"
 expect "mparticle: new secret accepted" 202
 reset_standin
 req POST /v2/bulkevents -u "$MP_KEY:new-cs-secret" "${JSON_CT[@]}" --data-binary "[$B1]"
 expect "mparticle: credentials survive _reset" 202
-control "{\"credentials\":[[\"$MP_KEY\",\"$MP_SECRET\"],[\"$MP_KEY2\",\"$MP_SECRET2\"]]}"
+control "{\"accounts\":[[\"$MP_KEY\",\"$MP_SECRET\"],[\"$MP_KEY2\",\"$MP_SECRET2\"]]}"
 
 echo "# mParticle: keep-alive"
 out=$(curl -s -o /dev/null -w '%{http_code} %{num_connects}\n' -X POST -u "$MP_KEY:bad" "${JSON_CT[@]}" --data-binary "[$B1]" "$BASE/v2/bulkevents" \
@@ -292,7 +292,9 @@ finish mp "$MP_PID" "$MP_SECRET" "$MP_SECRET2" new-cs-secret
 echo "# Braze: startup"
 BZ_KEY=bz-cs-secret-1
 BZ_KEY2=bz-cs-secret-2
-start_standin bz braze_standin.py --api-key "$BZ_KEY" --api-key "$BZ_KEY2" --log "$TMP/bz.log"
+# --account/--passcode as CsDelivery.pm passes them to the CleverTap stand-in.
+start_standin bz braze_standin.py --api-key "$BZ_KEY" --account ignored --passcode "$BZ_KEY2" --log "$TMP/bz.log"
+BZ_LABEL=key-$(printf %s "$BZ_KEY" | md5sum | cut -c1-12)
 BZ_PID=$PID
 expect_eq "braze: stdout announces the port" "$(head -n 1 "$TMP/bz.out")" "listening on http://127.0.0.1:$PORT"
 
@@ -375,8 +377,9 @@ expect "braze: /_users?external_id=" 200 '{"users":{"u2":{"Mixpanel Cohorts":["C
 req GET /_records
 expect "braze: records in arrival order with _seq/_at/_key/_array/_index" 200 \
     "{\"records\":[{\"external_id\":\"u1\",\"Mixpanel Cohorts\":{\"add\":[\"Power Users\"]},\"email\":\"u1@example.com\",\"_seq\":" \
-    "\"_key\":\"$BZ_KEY\",\"_array\":\"attributes\",\"_index\":0}"
-expect_eq "braze: records filtered by key" "$(count_records "?key=$BZ_KEY2")" 0
+    "\"_key\":\"$BZ_LABEL\",\"_array\":\"attributes\",\"_index\":0}"
+expect_eq "braze: records filtered by key" "$(count_records "?key=$BZ_KEY2") $(count_records "?key=$BZ_KEY") $(count_records "?key=$BZ_LABEL")" "0 5 5"
+if curl -s "$BASE/_records" "$BASE/_stats" | grep -qF -e "$BZ_KEY" -e "$BZ_KEY2"; then bad "braze: no key in /_records or /_stats"; else ok "braze: no key in /_records or /_stats"; fi
 req GET /_stats
 expect "braze: stats" 200 '{"requests":3,"by_status":{"201":3},"records_accepted":5,"records_rejected":0'
 reset_standin

@@ -446,7 +446,7 @@ class BaseHandler(BaseHTTPRequestHandler):
     def _stats(self):
         st = self.server.state
         with st.lock:
-            by_key = {a: {"in_flight": st.in_flight.get(a, 0),
+            by_account = {a: {"in_flight": st.in_flight.get(a, 0),
                           "max_concurrent_seen": st.max_seen.get(a, 0)}
                       for a in sorted(set(st.in_flight) | set(st.max_seen))}
             stats = {
@@ -456,7 +456,7 @@ class BaseHandler(BaseHTTPRequestHandler):
                 "records_rejected": st.records_rejected,
                 "max_concurrent_seen": max(st.max_seen.values(), default=0),
                 "in_flight": sum(st.in_flight.values()),
-                "by_key": by_key,
+                "by_account": by_account,
             }
         self.send(200, stats)
 
