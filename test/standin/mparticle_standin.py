@@ -141,7 +141,8 @@ class Handler(base.BaseHandler):
         self._nrecords = len(doc)
         for i, batch in enumerate(doc):
             why = batch_refusal(batch, settings["record_errors"])
-            if why is None and len(json.dumps(batch)) > MAX_BATCH_BYTES:
+            # Only a body over the batch limit can hold a batch over it: skip the cost otherwise.
+            if why is None and len(body) > MAX_BATCH_BYTES and len(json.dumps(batch)) > MAX_BATCH_BYTES:
                 why = "Batch too large."
             if why is not None:
                 self.store(seq, [], len(doc))
