@@ -940,6 +940,7 @@ SET enable_mergejoin = off
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET jit = off
+SET cohortsync.plan_outbox_full = on
 AS $$
     SELECT w.id, CASE WHEN w.ok THEN w.record::text END, w.ok,
            EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot())), w.change_key
@@ -977,7 +978,12 @@ $$;
 -- thousand queued rows or twenty million. A queue's statistics are always stale
 -- (a full sync inserts millions between two ANALYZEs), and with stale ones the
 -- planner prefers hashing and sorting the whole queue; the SET clauses below take
--- those plans off the menu, as membership.c does for the full-sync swap.
+-- those plans off the menu, as membership.c does for the full-sync swap. A queue
+-- analyzed while nearly empty is the worst case: every index then looks one page
+-- big, and the identity probe walked all of outbox_claim_idx (id is its second
+-- column) for every candidate. cohortsync.plan_outbox_full has the planner cost the
+-- outbox as full as its pages can be (src/outbox_plan.c); test/pgtap/delivery_plan.sql
+-- sets that trap.
 CREATE FUNCTION cohortsync._claim(p_destination text, p_limit integer, p_lease interval)
 RETURNS TABLE (id bigint, record text) LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -987,6 +993,7 @@ SET enable_mergejoin = off
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET jit = off
+SET cohortsync.plan_outbox_full = on
 AS $$
     WITH picked AS (
         SELECT o.id
@@ -1019,6 +1026,7 @@ $$;
 CREATE FUNCTION cohortsync._next_due()
 RETURNS double precision LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET cohortsync.plan_outbox_full = on
 AS $$
     SELECT extract(epoch FROM min(o.next_attempt_at) - now())::double precision
       FROM cohortsync.outbox o
@@ -1040,10 +1048,16 @@ CREATE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p
                                            p_lease interval, p_rest bigint[] DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
--- Every statement below reaches outbox rows by id = ANY (...). With stale statistics
--- (an outbox analyzed while empty) a sequential scan of the whole queue looked
--- cheapest: 200 ms per request on a 20,000-record queue. The primary key always wins.
+-- Every statement below reaches outbox rows by id = ANY (...) and nothing else: ids
+-- are unique, and a "destination = p_destination" beside it let the planner walk the
+-- destination's part of outbox_claim_idx instead (the whole queue, for every request).
+-- With stale statistics (an outbox analyzed while empty) a sequential scan of the whole
+-- queue looked cheapest: 200 ms per request on a 20,000-record queue; and every index
+-- looked one page big, so a walk of all of outbox_claim_idx (id is its second column)
+-- looked as cheap as the primary key. enable_seqscan = off rules out the first,
+-- cohortsync.plan_outbox_full the second (src/outbox_plan.c): the primary key wins.
 SET enable_seqscan = off
+SET cohortsync.plan_outbox_full = on
 AS $$
 DECLARE
     v_body      jsonb;
@@ -1103,8 +1117,7 @@ BEGIN
             END IF;
             -- the refused records, with CleverTap's code and message
             WITH gone AS (
-                DELETE FROM cohortsync.outbox o
-                 WHERE o.id = ANY (v_failed) AND o.destination = p_destination
+                DELETE FROM cohortsync.outbox o WHERE o.id = ANY (v_failed)
                 RETURNING o.*)
             INSERT INTO cohortsync.failed_records
                    (id, destination, identity, record, change_id, created_at, attempts, code, message)
@@ -1117,7 +1130,6 @@ BEGIN
             WITH accepted AS (
                 DELETE FROM cohortsync.outbox o
                  WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_failed || v_retry)
-                   AND o.destination = p_destination
                 RETURNING o.phone_dropped)
             SELECT count(*), count(*) FILTER (WHERE a.phone_dropped)
               INTO v_delivered, v_phones
