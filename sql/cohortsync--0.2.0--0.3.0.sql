@@ -808,3 +808,47 @@ BEGIN
     RETURN v_result;
 END
 $$;
+
+-- A drained queue made small again. Deleting delivered rows leaves the outbox's heap
+-- and indexes as big as the largest backlog they ever held (after a drain of 300,000
+-- records: a heap of empty pages and four indexes of mostly empty pages, which VACUUM
+-- does not give back, and the planner is misled by them). When the outbox is empty
+-- and bigger than p_min_bytes, TRUNCATE gives it new, empty files. The delivery worker
+-- calls this when it has nothing in flight, at most every ten seconds.
+--
+-- TRUNCATE needs an ACCESS EXCLUSIVE lock. It is taken with NOWAIT, so this never
+-- waits, and so never queues a lock request that ingest would have to wait behind:
+-- when anything holds the outbox (an ingest transaction that queued records and has
+-- not committed, pg_dump, VACUUM, a reader), it gives up and the worker tries again
+-- later. Under the lock no other transaction can have uncommitted rows in the outbox,
+-- so emptiness is checked again there: nothing queued can be lost, and nothing is in
+-- flight (a record leaves the queue only once it has been answered for). Ingest that
+-- reaches the outbox while the lock is held waits for this transaction only, a few
+-- milliseconds. The identity keeps counting (no RESTART IDENTITY): ids order an
+-- identity's records, and the worker's cursor stays below every new id.
+--
+-- Returns whether it truncated.
+CREATE FUNCTION cohortsync._shrink_outbox(p_min_bytes bigint DEFAULT 8 * 1024 * 1024)
+RETURNS boolean LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+BEGIN
+    -- cheap first: the size of the files, then one index entry
+    IF pg_total_relation_size('cohortsync.outbox') <= p_min_bytes
+       OR EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        LOCK TABLE cohortsync.outbox IN ACCESS EXCLUSIVE MODE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN false;
+    END;
+    IF EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;           -- committed between the first look and the lock
+    END IF;
+    TRUNCATE cohortsync.outbox;
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION cohortsync._shrink_outbox(bigint) FROM PUBLIC;
