@@ -892,6 +892,8 @@ $$;
 -- after DROP EXTENSION, fail as one ordinary error the worker catches.
 
 -- Leases of a predecessor that died are void: there is only one worker.
+-- The one statement of the worker that reads the whole queue (no index has
+-- lease_until: every insert would pay for one), once, when the worker starts.
 CREATE FUNCTION cohortsync._release_leases()
 RETURNS bigint LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
