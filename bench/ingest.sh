@@ -29,11 +29,13 @@
 #   PARTS=2 bench/ingest.sh         only part 2 (PARTS="1 2 3" is the default)
 #   FS_RUNS=3                       repeats of the 1M full-sync case (median and spread)
 #   COST_RUNS=5 COST_PAGES=20       part 3: runs, and pages per run (each run a new cohort)
+#   BENCH_10M=1 BENCH_10M_CHURN=0   the 10M first sync only, without its two churn syncs
 source "$(dirname "$0")/../scripts/lib.sh"
 
 RUNS=${RUNS:-5}
 PAGES=${PAGES:-40}
 BENCH_10M=${BENCH_10M:-0}
+BENCH_10M_CHURN=${BENCH_10M_CHURN:-1}
 PARTS=${PARTS:-1 2 3}
 FS_RUNS=${FS_RUNS:-3}
 COST_RUNS=${COST_RUNS:-5}
@@ -251,13 +253,14 @@ fs_vals() {  # label -> "total last swap added removed" (seconds)
 # median and min-max of column $2 of file $1
 med() { sort -n <<<"$(awk -v c="$2" '{print $c}' "$1")" | awk '{v[NR] = $1} END {printf "%.2f %.2f-%.2f", v[int((NR + 1) / 2)], v[1], v[NR]}'; }
 
-fs_case() {  # members pages tag runs: each run is a new cohort, synced three times
-  local m=$1 p=$2 tag=$3 runs=$4 r c
+fs_case() {  # members pages tag runs [churn]: each run is a new cohort, synced three times (once if churn is 0)
+  local m=$1 p=$2 tag=$3 runs=$4 churn=${5:-1} r c
   for r in $(seq 1 "$runs"); do
     c="fs$tag-$r"
     cs_log "full sync of $m members ($p pages), then 1% churn, stale and fresh statistics (run $r of $runs)"
     run_sampled "$c-1" "CALL bench.full_sync('$c-1', '$c', '$c-1', $p, 1)"
     echo "$(fs_vals "$c-1") $peak_kb" >>"$CS_WORK/fs-$tag-first.txt"
+    [ "$churn" = 0 ] && continue
     if [ "$m" = 1000000 ]; then
       cs_log "the COPY ceiling of the first sync's writes (run $r of $runs)"
       cs_psql -c "CALL bench.copy_ceiling('$c', '$CS_WORK')"
@@ -284,6 +287,7 @@ fs_case() {  # members pages tag runs: each run is a new cohort, synced three ti
   local k f
   for k in first stale fresh; do
     f=$CS_WORK/fs-$tag-$k.txt
+    [ -f "$f" ] || continue
     printf '%-24s %10s %8s %8s %18s %18s %18s %8s\n' "$(case $k in first) echo "first sync";; stale) echo "1% churn, stale stats";; fresh) echo "1% churn, fresh stats";; esac)" \
       "$m" "$(head -1 "$f" | awk '{print $4}')" "$(head -1 "$f" | awk '{print $5}')" \
       "$(med "$f" 1)" "$(med "$f" 2)" "$(med "$f" 3)" "$(awk '{if ($6 > p) p = $6} END {printf "%d", p / 1024}' "$f")"
@@ -304,6 +308,6 @@ if part 2; then
   echo "   its indexes), one transaction, s; first sync ÷ ceiling; share of the first sync above the ceiling"
   awk '{printf "   run %d: first sync %.2f s, swap %.2f s; COPY ceiling %.2f s (members %.2f s); %.2fx; %.0f%% above\n",
               NR, $1, $4, $2, $3, $1 / $2, 100 * ($1 - $2) / $1}' "$f"
-  if [ "$BENCH_10M" = 1 ]; then fs_case 10000000 10000 10m 1; fi
+  if [ "$BENCH_10M" = 1 ]; then fs_case 10000000 10000 10m 1 "$BENCH_10M_CHURN"; fi
 fi
 cs_stop_cluster
