@@ -704,6 +704,9 @@ swap_membership(Datum *key, CsApplyResult *result)
  * written nothing, when one of them was stored already. The subtransaction
  * is the one a PL/pgSQL block with an EXCEPTION clause would start; its
  * rollback keeps the kept plans, the SPI connection and the caller's settings.
+ * Like such a block in a loop, a transaction that applies many pages (a
+ * script calling ingest for each, apply_pending() with many queued) holds a
+ * subtransaction id per page until it ends.
  */
 static bool
 add_new_members(Datum *values, CsApplyResult *result)
