@@ -15,17 +15,31 @@
 #     last page's answer, and the swap (apply_duration). The peak private memory
 #     (RssAnon) of the sending backend and of the apply worker is sampled throughout.
 #
+#     Next to the first sync, the ceiling of its writes: COPY of the same 1,000,000
+#     members into a table shaped like cohortsync.members with its primary key, and of
+#     their 1,000,000 history rows into one shaped like membership_changes with its
+#     indexes, in one transaction, on the same cluster (same WAL settings).
+#  3. One page's cost (issue #11, item 6): 1000-member add_members pages into a cohort
+#     filled from empty, C next to the plain-SQL peer, COPY of the same 1000 rows into a
+#     table shaped like cohortsync.members with its primary key, and COPY of everything
+#     the page writes (those rows and their history rows); see bench/page_cost.sql.
+#
 #   bench/ingest.sh                 RUNS=5 PAGES=40
 #   RUNS=3 PAGES=20 bench/ingest.sh quicker
-#   PARTS=2 bench/ingest.sh         only part 2 (PARTS="1 2" is the default)
+#   PARTS=2 bench/ingest.sh         only part 2 (PARTS="1 2 3" is the default)
 #   FS_RUNS=3                       repeats of the 1M full-sync case (median and spread)
+#   COST_RUNS=5 COST_PAGES=20       part 3: runs, and pages per run (each run a new cohort)
+#   BENCH_10M=1 BENCH_10M_CHURN=0   the 10M first sync only, without its two churn syncs
 source "$(dirname "$0")/../scripts/lib.sh"
 
 RUNS=${RUNS:-5}
 PAGES=${PAGES:-40}
 BENCH_10M=${BENCH_10M:-0}
-PARTS=${PARTS:-1 2}
+BENCH_10M_CHURN=${BENCH_10M_CHURN:-1}
+PARTS=${PARTS:-1 2 3}
 FS_RUNS=${FS_RUNS:-3}
+COST_RUNS=${COST_RUNS:-5}
+COST_PAGES=${COST_PAGES:-20}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 cs_install_deps
@@ -40,9 +54,27 @@ checkpoint_timeout = 30min
 EOF
 export PGDATABASE=postgres
 cs_psql -c "CREATE EXTENSION cohortsync"
-cs_psql -f "$CS_TOP/bench/peer_ingest.sql"
-cs_log "preparing: 1M members, $((RUNS * PAGES * 6)) pages, COPY files"
-cs_psql -v runs="$RUNS" -v pages="$PAGES" -c "SET bench.dir = '$CS_WORK'" -f "$CS_TOP/bench/ingest_prep.sql"
+cs_psql -f "$CS_TOP/bench/peer_ingest.sql" -f "$CS_TOP/bench/make_page.sql"
+if part 1 || part 2; then
+  cs_log "preparing: 1M members, $((RUNS * PAGES * 6)) pages, COPY files"
+  cs_psql -v runs="$RUNS" -v pages="$PAGES" -c "SET bench.dir = '$CS_WORK'" -f "$CS_TOP/bench/ingest_prep.sql"
+fi
+
+if part 3; then
+# --- 3. one page's cost against COPY (run first: it is short) ----------------------------
+cs_log "part 3: $COST_RUNS runs x $COST_PAGES add_members pages, C, SQL, COPY"
+cs_psql -v runs="$COST_RUNS" -v pages="$COST_PAGES" -c "SET bench.dir = '$CS_WORK'" -f "$CS_TOP/bench/page_cost.sql"
+cs_psql -c "VACUUM ANALYZE" -c "CHECKPOINT"
+for run in $(seq 1 "$COST_RUNS"); do
+  cs_psql -c "CALL bench.cost_run($run, $COST_PAGES, '$CS_WORK')"
+done
+echo
+echo "3. One add_members page of 1000 new members, into a cohort filled from empty ($COST_RUNS runs x $COST_PAGES pages,"
+echo "   peers interleaved page by page). Median ms; exec = up to the COMMIT, total = with it; vs copy = ÷ COPY's median."
+echo "   copy: the page's 1000 rows into a members-shaped table with its primary key;"
+echo "   copy_all: those rows and their 1000 history rows (membership_changes-shaped, its two indexes)."
+cs_as_user psql -X -P footer=off -c "SELECT * FROM bench.cost_summary"
+fi
 
 if part 1; then
 # --- 1. page ingest -------------------------------------------------------------------
@@ -144,6 +176,43 @@ BEGIN
 END $$;
 EOF
 
+# The ceiling of a first sync's writes (part 2): the same 1,000,000 members, and their
+# history rows, as COPY writes them into tables of the same shapes, in one transaction.
+if part 2; then
+  cs_log "preparing: COPY files of 1,000,000 members and their history rows"
+  cs_psql <<EOF
+CREATE TABLE bench.ceil_members (LIKE cohortsync.members INCLUDING ALL);
+CREATE TABLE bench.ceil_changes (LIKE cohortsync.membership_changes INCLUDING ALL);
+CREATE TABLE bench.ceil_lat (label text, members_s float8, total_s float8);
+CREATE TEMP TABLE ceil_rows AS
+SELECT e FROM generate_series(0, 999) k,
+       jsonb_array_elements(bench.make_page('members', 'c', 's', 'u', 1, 1, k * 1000 + 1) -> 'parameters' -> 'members') e;
+COPY (SELECT '1001', 'ceiling', e->>'mixpanel_distinct_id', e->>'email', e->>'phone_number',
+             e->>'first_name', e->>'last_name', e FROM ceil_rows)
+  TO '$CS_WORK/ceil-members.csv' (FORMAT csv);
+COPY (SELECT '1001', 'ceiling', e->>'mixpanel_distinct_id', 'added', 'ceiling', e FROM ceil_rows)
+  TO '$CS_WORK/ceil-changes.csv' (FORMAT csv);
+CREATE PROCEDURE bench.copy_ceiling(label text, dir text)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+  t0 timestamptz;
+  t1 timestamptz;
+BEGIN
+  TRUNCATE bench.ceil_members, bench.ceil_changes;
+  COMMIT;
+  t0 := clock_timestamp();
+  EXECUTE format('COPY bench.ceil_members (project_id, cohort_id, distinct_id, email, phone,'
+                 ' first_name, last_name, properties) FROM %L (FORMAT csv)', dir || '/ceil-members.csv');
+  t1 := clock_timestamp();
+  EXECUTE format('COPY bench.ceil_changes (project_id, cohort_id, distinct_id, change, session_id,'
+                 ' properties) FROM %L (FORMAT csv)', dir || '/ceil-changes.csv');
+  COMMIT;
+  INSERT INTO bench.ceil_lat VALUES (label, extract(epoch FROM t1 - t0),
+                                     extract(epoch FROM clock_timestamp() - t0));
+END \$\$;
+EOF
+fi
+
 # run LABEL SQL: run SQL (a full sync of session LABEL) in a backend, then wait until
 # the apply worker has completed the session; the private memory of both is sampled
 # every 0.2 s
@@ -184,13 +253,24 @@ fs_vals() {  # label -> "total last swap added removed" (seconds)
 # median and min-max of column $2 of file $1
 med() { sort -n <<<"$(awk -v c="$2" '{print $c}' "$1")" | awk '{v[NR] = $1} END {printf "%.2f %.2f-%.2f", v[int((NR + 1) / 2)], v[1], v[NR]}'; }
 
-fs_case() {  # members pages tag runs: each run is a new cohort, synced three times
-  local m=$1 p=$2 tag=$3 runs=$4 r c
+fs_case() {  # members pages tag runs [churn]: each run is a new cohort, synced three times (once if churn is 0)
+  local m=$1 p=$2 tag=$3 runs=$4 churn=${5:-1} r c
   for r in $(seq 1 "$runs"); do
     c="fs$tag-$r"
     cs_log "full sync of $m members ($p pages), then 1% churn, stale and fresh statistics (run $r of $runs)"
     run_sampled "$c-1" "CALL bench.full_sync('$c-1', '$c', '$c-1', $p, 1)"
     echo "$(fs_vals "$c-1") $peak_kb" >>"$CS_WORK/fs-$tag-first.txt"
+    [ "$churn" = 0 ] && continue
+    if [ "$m" = 1000000 ]; then
+      cs_log "the COPY ceiling of the first sync's writes (run $r of $runs)"
+      cs_psql -c "CALL bench.copy_ceiling('$c', '$CS_WORK')"
+      cs_as_user psql -X -qAt -F ' ' -c "SELECT s.total, c.total_s, c.members_s,
+             round(extract(epoch FROM s.apply_duration)::numeric, 2)
+        FROM bench.ceil_lat c,
+             LATERAL (SELECT round(extract(epoch FROM completed_at - started_at)::numeric, 2) AS total, apply_duration
+                        FROM cohortsync.sync_sessions WHERE session_id = '$c-1') s
+       WHERE c.label = '$c'" >>"$CS_WORK/fs-$tag-ceiling.txt"
+    fi
     # stale: statistics taken while staging was empty, autovacuum kept away
     cs_psql -c "ALTER TABLE cohortsync.staged_members SET (autovacuum_enabled = off)" \
             -c "ALTER TABLE cohortsync.members SET (autovacuum_enabled = off)" \
@@ -207,19 +287,27 @@ fs_case() {  # members pages tag runs: each run is a new cohort, synced three ti
   local k f
   for k in first stale fresh; do
     f=$CS_WORK/fs-$tag-$k.txt
+    [ -f "$f" ] || continue
     printf '%-24s %10s %8s %8s %18s %18s %18s %8s\n' "$(case $k in first) echo "first sync";; stale) echo "1% churn, stale stats";; fresh) echo "1% churn, fresh stats";; esac)" \
       "$m" "$(head -1 "$f" | awk '{print $4}')" "$(head -1 "$f" | awk '{print $5}')" \
       "$(med "$f" 1)" "$(med "$f" 2)" "$(med "$f" 3)" "$(awk '{if ($6 > p) p = $6} END {printf "%d", p / 1024}' "$f")"
   done
 }
 
-echo
-echo "2. Full sync end to end (one transaction per page; the last page queues the swap, the apply worker runs it)"
-echo "   median and min-max over FS_RUNS=$FS_RUNS runs (10M: 1 run); total = first page to the swap's commit;"
-echo "   peak MB = the largest RssAnon of the sending backend and of the apply worker"
-printf '%-24s %10s %8s %8s %18s %18s %18s %8s\n' case members added removed "total s (spread)" "last page s" "swap s (spread)" "peak MB"
 if part 2; then
+  echo
+  echo "2. Full sync end to end (one transaction per page; the last page queues the swap, the apply worker runs it)"
+  echo "   median and min-max over FS_RUNS=$FS_RUNS runs (10M: 1 run); total = first page to the swap's commit;"
+  echo "   peak MB = the largest RssAnon of the sending backend and of the apply worker"
+  printf '%-24s %10s %8s %8s %18s %18s %18s %8s\n' case members added removed "total s (spread)" "last page s" "swap s (spread)" "peak MB"
   fs_case 1000000 1000 1m "$FS_RUNS"
-  if [ "$BENCH_10M" = 1 ]; then fs_case 10000000 10000 10m 1; fi
+  f=$CS_WORK/fs-1m-ceiling.txt
+  echo
+  echo "   The ceiling of the 1M first sync's writes, per run: first sync total s, its swap s; COPY of the 1M"
+  echo "   members (members-shaped, with its primary key) and of their 1M history rows (membership_changes-shaped,"
+  echo "   its indexes), one transaction, s; first sync ÷ ceiling; share of the first sync above the ceiling"
+  awk '{printf "   run %d: first sync %.2f s, swap %.2f s; COPY ceiling %.2f s (members %.2f s); %.2fx; %.0f%% above\n",
+              NR, $1, $4, $2, $3, $1 / $2, 100 * ($1 - $2) / $1}' "$f"
+  if [ "$BENCH_10M" = 1 ]; then fs_case 10000000 10000 10m 1 "$BENCH_10M_CHURN"; fi
 fi
 cs_stop_cluster

@@ -39,6 +39,7 @@
 
 #include "guc_common.h"
 #include "http_common.h"
+#include "ingest.h"
 #include "response.h"
 #include "webhook_auth.h"
 
@@ -377,11 +378,8 @@ ingest_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 	CsIngestArg *in = arg;
 	char	   *converted;
 	Datum		page;
-	Oid			argtypes[1] = {JSONBOID};
-	bool		isnull;
-	char	   *result;
-	char	   *status;
-	int			rc;
+	CsIngestResult result;
+	Jsonb	   *response;
 
 	/*
 	 * JSON is UTF-8 (RFC 8259). Check that, and that there is no NUL byte
@@ -410,32 +408,23 @@ ingest_work(CsTxState *state, void *arg, CsHttpAnswer *answer)
 	if (!extension_installed(state, answer))
 		return;
 
-	rc = SPI_execute_with_args("SELECT r::pg_catalog.text, r OPERATOR(pg_catalog.->>) 'status'"
-							   "  FROM cohortsync.ingest($1) AS r",
-							   1, argtypes, &page, NULL, false, 1);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "cohortsync: ingest failed: %s", SPI_result_code_string(rc));
-
-	result = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-											   SPI_tuptable->tupdesc, 1, &isnull));
-	status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-											   SPI_tuptable->tupdesc, 2, &isnull));
-
-	answer->body = result;
-	if (strcmp(status, "success") == 0)
+	/* as a call of cohortsync.ingest(jsonb) would, rights and settings included */
+	switch (cs_ingest_as_function(DatumGetJsonbP(page), &result))
 	{
-		answer->status = MHD_HTTP_OK;
-		answer->note = NULL;
+		case CS_INGEST_ACCEPTED:
+			answer->status = MHD_HTTP_OK;
+			answer->note = NULL;
+			break;
+		case CS_INGEST_REJECTED:
+			/* the sender's mistake; ingest wrote nothing, and we make sure */
+			answer->status = MHD_HTTP_BAD_REQUEST;
+			answer->note = "page rejected";
+			state->commit = false;
+			break;
 	}
-	else if (strcmp(status, "failure") == 0)
-	{
-		/* the sender's mistake; ingest wrote nothing, and we make sure */
-		answer->status = MHD_HTTP_BAD_REQUEST;
-		answer->note = "page rejected";
-		state->commit = false;
-	}
-	else
-		elog(ERROR, "cohortsync: ingest answered an unknown status \"%s\"", status);
+	/* the text cohortsync.ingest's jsonb answer has */
+	response = cs_ingest_response(&result);
+	answer->body = JsonbToCString(NULL, &response->root, VARSIZE(response));
 }
 
 /*

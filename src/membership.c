@@ -23,6 +23,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -31,6 +32,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/resowner.h"
 
 #include "apply.h"
 #include "change_origin.h"
@@ -166,8 +168,9 @@ static CsStatement count_members_stmt = {
 
 /*
  * add_members: insert who is new (recording an 'added' change), refresh who
- * is already there and differs. The stored membership is probed once per
- * member: the page is left-joined to it (one primary-key lookup each), and
+ * is already there and differs; for a page of which some member is stored
+ * (insert_members, below, takes the others). The stored membership is probed
+ * once per member: the page is left-joined to it (one primary-key lookup each), and
  * both writes work from that one answer. Who was found is refreshed through
  * the row's ctid, a direct heap fetch; who was not is inserted. Before, a
  * refresh UPDATE and a NOT EXISTS insert each probed the index for every
@@ -198,6 +201,34 @@ static CsStatement add_members = {
 	" INSERT INTO cohortsync.membership_changes"
 	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
 	" SELECT $1, $2, distinct_id, 'added', $3, properties FROM joined",
+	9, {PAGE_ARGTYPES}, NULL
+};
+
+/*
+ * add_members when none of the page's members is stored yet, the usual case
+ * (Mixpanel sends who entered the cohort since its last sync): the members
+ * are inserted and their history recorded from the page's arrays, without the
+ * probe above. The primary key's unique check, which every insert makes
+ * anyway, tells whether the guess was right: if one member was stored already,
+ * the insert fails with a unique violation, its subtransaction is rolled back,
+ * and the page goes through add_members instead (see add_new_members).
+ *
+ * Two statements rather than one with RETURNING: every member inserted is
+ * recorded, so the history is read from the arrays, in the same order as the
+ * members were inserted, and nothing is kept in between.
+ */
+static CsStatement insert_members = {
+	"INSERT INTO cohortsync.members"
+	"  (project_id, cohort_id, distinct_id, email, phone, first_name, last_name, properties)"
+	" SELECT $1, $2, p.* FROM " PAGE_ROWS,
+	9, {PAGE_ARGTYPES}, NULL
+};
+
+static CsStatement record_added = {
+	"INSERT INTO cohortsync.membership_changes"
+	"   (project_id, cohort_id, distinct_id, change, session_id, properties)"
+	" SELECT $1, $2, p.distinct_id, 'added', $3, p.properties"
+	"   FROM unnest($4::text[], $9::jsonb[]) AS p(distinct_id, properties)",
 	9, {PAGE_ARGTYPES}, NULL
 };
 
@@ -668,12 +699,62 @@ swap_membership(Datum *key, CsApplyResult *result)
 	run(&drop_staged, key, SPI_OK_DELETE);
 }
 
+/*
+ * Insert the page as new members (insert_members). Returns false, having
+ * written nothing, when one of them was stored already. The subtransaction
+ * is the one a PL/pgSQL block with an EXCEPTION clause would start; its
+ * rollback keeps the kept plans, the SPI connection and the caller's settings.
+ * Like such a block in a loop, a transaction that applies many pages (a
+ * script calling ingest for each, apply_pending() with many queued) holds a
+ * subtransaction id per page until it ends.
+ */
+static bool
+add_new_members(Datum *values, CsApplyResult *result)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool added = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		result->added = run(&insert_members, values, SPI_OK_INSERT);
+		(void) run(&record_added, values, SPI_OK_INSERT);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* as PL/pgSQL does: undo the subtransaction, then re-raise if not ours */
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		result->added = 0;
+		added = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return added;
+}
+
 /* add_members or remove_members: values as for those statements. */
 static void
 apply_diff(CsAction action, Datum *values, CsApplyResult *result)
 {
 	if (action == CS_ACTION_ADD_MEMBERS)
-		result->added = run(&add_members, values, SPI_OK_INSERT);
+	{
+		if (!add_new_members(values, result))
+			result->added = run(&add_members, values, SPI_OK_INSERT);
+	}
 	else
 		result->removed = run(&remove_members, values, SPI_OK_INSERT);
 }

@@ -109,6 +109,26 @@ cs_object_ownercheck(Oid classid, Oid objectid, Oid roleid)
 #endif
 
 /*
+ * 16 replaced the pg_<object>_aclcheck() family with object_aclcheck().
+ * cohortsync asks only about functions (ingest.c).
+ */
+#if PG_VERSION_NUM < 160000
+#include "catalog/pg_proc_d.h"
+#include "utils/acl.h"
+
+static inline AclResult
+cs_object_aclcheck(Oid classid, Oid objectid, Oid roleid, AclMode mode)
+{
+	if (classid != ProcedureRelationId)
+		elog(ERROR, "cohortsync: no privilege check for class %u", classid);
+	return pg_proc_aclcheck(objectid, roleid, mode);
+}
+
+#define object_aclcheck(classid, objectid, roleid, mode) \
+	cs_object_aclcheck((classid), (objectid), (roleid), (mode))
+#endif
+
+/*
  * SCRAM (webhook_auth.c).
  *
  * libpq/scram.h cannot be included: it pulls in libpq-be.h and with it the

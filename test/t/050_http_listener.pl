@@ -245,6 +245,16 @@ is_failure($code, $body, '415', 'body that is not UTF-8');
 is_failure($code, $body, '400', 'invalid page');
 is($body->{action}, 'add_members', 'invalid page: action echoed');
 like($body->{error}{message}, qr/members must be an array/, 'invalid page: says what is wrong');
+{
+	# the listener calls the ingest code itself: its answer is still, byte for byte, the
+	# text of what cohortsync.ingest answers for the same body
+	my $bad = page('add_members', '1', 'T', ['A']) =~ s/"members":\[.*\]/"members":7/r;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(curl_cmd(auth => $auth, body => $bad), '>', \$out, '2>', \$err);
+	$out =~ s/\n\d{3}\z//;
+	is($out, $node->safe_psql('postgres', "SELECT cohortsync.ingest(\$b\$$bad\$b\$::jsonb)::text"),
+		'invalid page: the body is the text of cohortsync.ingest\'s answer');
+}
 ($code, $body) = post(page('subscribe', '1', 'T', ['A']));
 is_failure($code, $body, '400', 'unknown action');
 is( $node->safe_psql('postgres',
