@@ -832,6 +832,105 @@ $$;
 COMMENT ON FUNCTION cohortsync.configure_destination(text, jsonb, integer, integer, text) IS
     'Change a destination''s kind-specific settings, batch_size, max_inflight or identity property (NULL: unchanged).';
 
+-- Disconnect a destination of any kind and forget everything queued or failed for it.
+CREATE FUNCTION cohortsync.disconnect_destination(name text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.destinations d WHERE d.name = disconnect_destination.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    DELETE FROM cohortsync.outbox o WHERE o.destination = disconnect_destination.name;
+    DELETE FROM cohortsync.failed_records f WHERE f.destination = disconnect_destination.name;
+    DELETE FROM cohortsync.destination_stats s WHERE s.destination = disconnect_destination.name;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.disconnect_destination(text) IS
+    'Disconnect a destination (any kind) and forget everything queued or failed for it.';
+
+-- Store the secret of a destination of any kind (CleverTap's passcode,
+-- mParticle's API secret, Braze's REST API key), also of one without a row in
+-- destination_secrets (a restore that left the secrets out: see README).
+CREATE FUNCTION cohortsync.set_destination_secret(name text, secret text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning
+AS $$
+BEGIN
+    IF secret IS NULL OR secret = '' THEN
+        RAISE EXCEPTION 'a destination needs a secret' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = set_destination_secret.name) THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO cohortsync.destination_secrets AS s (name, passcode)
+    VALUES (set_destination_secret.name, set_destination_secret.secret)
+        ON CONFLICT ON CONSTRAINT destination_secrets_pkey
+        DO UPDATE SET passcode = EXCLUDED.passcode;
+    PERFORM cohortsync._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION cohortsync.set_destination_secret(text, text) IS
+    'Change the secret of a destination of any kind (it stays paused if it was: resume it).';
+
+-- Queue the current membership (all cohorts, one project's, or one cohort) for
+-- one destination, as additions built by its kind's builder: a destination
+-- connected after members existed, or restored from scratch, converges. Only
+-- what is idempotent at the receiver is sent: CleverTap's profile records
+-- ($add to the cohorts property, the fields), not its events; Braze's
+-- attributes, not its custom events; mParticle's flags. Returns how many
+-- records were queued.
+CREATE FUNCTION cohortsync.resync_destination(name text, project_id text DEFAULT NULL,
+                                              cohort_id text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d cohortsync.destinations;
+    n bigint;
+BEGIN
+    SELECT * INTO d FROM cohortsync.destinations x WHERE x.name = resync_destination.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+      FROM cohortsync.members m
+      LEFT JOIN cohortsync.cohorts co
+             ON co.project_id = m.project_id AND co.cohort_id = m.cohort_id
+     CROSS JOIN LATERAL (
+        SELECT c.identity, c.record, c.phone_dropped
+          FROM cohortsync._clevertap_records(
+                   d.identity_property, d.event_name, d.cohorts_property, m.cohort_id,
+                   coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) c
+         WHERE d.kind = 'clevertap' AND c.record ->> 'type' = 'profile'
+        UNION ALL
+        SELECT p.identity, p.record, p.phone_dropped
+          FROM cohortsync._mparticle_records(
+                   d.identity_property, d.settings, coalesce(co.name, m.cohort_id), m.distinct_id,
+                   m.properties, true) p
+         WHERE d.kind = 'mparticle'
+        UNION ALL
+        SELECT b.identity, b.record, b.phone_dropped
+          FROM cohortsync._braze_records(
+                   d.identity_property, d.cohorts_property, d.settings, m.cohort_id,
+                   coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) b
+         WHERE d.kind = 'braze' AND b.record ? 'attributes') r
+     WHERE (resync_destination.project_id IS NULL OR m.project_id = resync_destination.project_id)
+       AND (resync_destination.cohort_id IS NULL OR m.cohort_id = resync_destination.cohort_id);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION cohortsync.resync_destination(text, text, text) IS
+    'Queue the current membership (all, one project''s, or one cohort''s) for one destination as additions; returns how many records.';
+
 CREATE FUNCTION cohortsync.pause_destination(name text, reason text DEFAULT 'paused by user')
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -2213,7 +2312,9 @@ SELECT d.name,
        nullif(concat_ws('; ',
          b.blocker,
          CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
-              THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()' END,
+              THEN CASE WHEN d.kind = 'clevertap'
+                        THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()'
+                        ELSE 'no secret is stored: call cohortsync.set_destination_secret()' END END,
          CASE WHEN d.state = 'paused'
               THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
                    || ' (call cohortsync.resume_destination())' END,
@@ -2312,6 +2413,9 @@ REVOKE ALL ON FUNCTION cohortsync._add_destination(text, text, text, text, text,
 REVOKE ALL ON FUNCTION cohortsync.connect_mparticle(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.connect_braze(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.configure_destination(text, jsonb, integer, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.disconnect_destination(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.set_destination_secret(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.resync_destination(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._release_leases() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._claim(text, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._next_due() FROM PUBLIC;
