@@ -971,25 +971,27 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
     END IF;
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM cohortsync.members m
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = m.project_id AND co.cohort_id = m.cohort_id
      CROSS JOIN LATERAL (
-        SELECT c.identity, c.record, c.phone_dropped
+        SELECT c.identity, c.record, c.phone_dropped, c.email_dropped
           FROM cohortsync._clevertap_records(
                    d.identity_property, d.event_name, d.cohorts_property, m.cohort_id,
                    coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) c
          WHERE d.kind = 'clevertap' AND c.record ->> 'type' = 'profile'
         UNION ALL
-        SELECT p.identity, p.record, p.phone_dropped
+        SELECT p.identity, p.record, p.phone_dropped, p.email_dropped
           FROM cohortsync._mparticle_records(
                    d.identity_property, d.settings, coalesce(co.name, m.cohort_id), m.distinct_id,
                    m.properties, true) p
          WHERE d.kind = 'mparticle'
         UNION ALL
-        SELECT b.identity, b.record, b.phone_dropped
+        SELECT b.identity, b.record, b.phone_dropped, b.email_dropped
           FROM cohortsync._braze_records(
                    d.identity_property, d.cohorts_property, d.settings, m.cohort_id,
                    coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) b
@@ -1006,6 +1008,46 @@ $$;
 
 COMMENT ON FUNCTION cohortsync.resync_destination(text, text, text) IS
     'Queue the current membership (all, one project''s, or one cohort''s) for one destination as additions; returns how many records.';
+
+-- Profile fields for every kind: an email that is not an address is left out of
+-- the record and counted, as invalid phones are; Mixpanel's reserved $email,
+-- $phone and $name are read when email, phone_number, first_name and last_name
+-- are absent.
+ALTER TABLE cohortsync.outbox ADD COLUMN email_dropped boolean NOT NULL DEFAULT false;
+ALTER TABLE cohortsync.destination_stats ADD COLUMN emails_dropped bigint NOT NULL DEFAULT 0;
+
+-- Whether an email is an address (something@domain.tld), the rule every kind
+-- applies: CleverTap refuses a whole profile record with 515 for an email that is
+-- not one (recorded: "string", "1234", "$$$$$"), Braze refuses the object. Such an
+-- email is left out of the record and counted (outbox.email_dropped).
+CREATE FUNCTION cohortsync._is_email(email text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(email ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$', false)
+$$;
+
+-- A member's email or phone from its properties: the documented name (email,
+-- phone_number), else Mixpanel's reserved one ($email, $phone) when it is a
+-- string or a number. ingest fills members.email and members.phone the same way
+-- (src/page.c).
+CREATE FUNCTION cohortsync._member_field(properties jsonb, name text, reserved text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(properties ->> name,
+                    CASE WHEN jsonb_typeof(properties -> reserved) IN ('string', 'number')
+                         THEN properties ->> reserved END)
+$$;
+
+-- A member's first name: first_name, else, when neither first_name nor
+-- last_name is there, Mixpanel's $name whole.
+CREATE FUNCTION cohortsync._member_first_name(properties jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(properties ->> 'first_name',
+                    CASE WHEN properties ->> 'last_name' IS NULL
+                              AND jsonb_typeof(properties -> '$name') IN ('string', 'number')
+                         THEN properties ->> '$name' END)
+$$;
 
 -- Records per kind. Each kind has a set-based builder: a plain SQL function
 -- without SET clauses, so that the planner inlines it into the triggers'
@@ -1029,10 +1071,10 @@ CREATE FUNCTION cohortsync._clevertap_records(p_identity_property text, p_event_
                                               p_cohort_name text, p_distinct_id text,
                                               p_properties jsonb, p_added boolean,
                                               p_changed_at timestamptz)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
-    SELECT x.identity, r.record, r.phone_dropped
+    SELECT x.identity, r.record, r.phone_dropped, r.email_dropped
       FROM (SELECT m.identity, m.ts,
                    jsonb_build_object(
                        'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', p_event_name,
@@ -1048,25 +1090,29 @@ AS $$
                                                     jsonb_build_array(p_cohort_name)))
                    END
                    || CASE WHEN p_added THEN cohortsync._profile_fields(
-                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
-                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                             CASE WHEN m.email_ok THEN m.email END, CASE WHEN m.phone_ok THEN m.phone END,
+                             cohortsync._member_first_name(p_properties), p_properties ->> 'last_name')
                            ELSE '{}'::jsonb
                       END AS profile_data,
-                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
-              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped,
+                   p_added AND m.email IS NOT NULL AND m.email <> '' AND NOT m.email_ok AS email_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok,
+                           cohortsync._is_email(y.email) AS email_ok
                       FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
                                                                   p_distinct_id) AS identity,
                                    floor(extract(epoch FROM p_changed_at))::bigint AS ts,
-                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                                   cohortsync._normalize_phone(
+                                       cohortsync._member_field(p_properties, 'phone_number', '$phone')) AS phone,
+                                   cohortsync._member_field(p_properties, 'email', '$email') AS email
                             OFFSET 0) y
                     OFFSET 0) m
             OFFSET 0) x
      CROSS JOIN LATERAL (VALUES
-        (x.event, x.phone_dropped),
+        (x.event, x.phone_dropped, x.email_dropped),
         (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
             'identity', x.identity, 'type', 'profile', 'ts', x.ts,
             'profileData', x.profile_data) END,
-         false)) r(record, phone_dropped)
+         false, false)) r(record, phone_dropped, email_dropped)
      WHERE r.record IS NOT NULL
 $$;
 
@@ -1075,20 +1121,23 @@ $$;
 CREATE FUNCTION cohortsync._clevertap_profile_records(p_identity_property text, p_distinct_id text,
                                                       p_properties jsonb, p_email text, p_phone text,
                                                       p_first_name text, p_last_name text)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT m.identity,
            jsonb_build_object('identity', m.identity, 'type', 'profile',
                               'ts', floor(extract(epoch FROM now()))::bigint,
                               'profileData', pd.profile_data),
-           m.phone IS NOT NULL AND NOT p.phone_ok
+           m.phone IS NOT NULL AND NOT p.phone_ok,
+           p_email IS NOT NULL AND p_email <> '' AND NOT p.email_ok
       FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
                                                   p_distinct_id) AS identity,
                    cohortsync._normalize_phone(p_phone) AS phone) m
-     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok,
+                                cohortsync._is_email(p_email) AS email_ok) p
      CROSS JOIN LATERAL (
-        SELECT cohortsync._profile_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+        SELECT cohortsync._profile_fields(CASE WHEN p.email_ok THEN p_email END,
+                                          CASE WHEN p.phone_ok THEN m.phone END,
                                           p_first_name, p_last_name) AS profile_data) pd
      WHERE pd.profile_data <> '{}'::jsonb
 $$;
@@ -1113,7 +1162,7 @@ $$;
 CREATE FUNCTION cohortsync._mparticle_records(p_identity_property text, p_settings jsonb,
                                               p_cohort_name text, p_distinct_id text,
                                               p_properties jsonb, p_added boolean)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT coalesce(m.mpid::text, p_distinct_id),
@@ -1123,7 +1172,7 @@ AS $$
                    ELSE jsonb_build_object('user_identities',
                                            jsonb_build_object('customer_id', p_distinct_id))
               END,
-           false
+           false, false
       FROM (SELECT cohortsync._mparticle_mpid(p_properties ->> p_identity_property) AS mpid
             OFFSET 0) m
 $$;
@@ -1150,10 +1199,10 @@ CREATE FUNCTION cohortsync._braze_records(p_identity_property text, p_cohorts_pr
                                           p_settings jsonb, p_cohort_id text, p_cohort_name text,
                                           p_distinct_id text, p_properties jsonb, p_added boolean,
                                           p_changed_at timestamptz)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
-    SELECT x.identity, r.record, r.phone_dropped
+    SELECT x.identity, r.record, r.phone_dropped, r.email_dropped
       FROM (SELECT m.identity,
                    jsonb_build_object('external_id', m.identity)
                    || CASE WHEN p_cohorts_property IS NULL THEN '{}'::jsonb
@@ -1162,22 +1211,26 @@ AS $$
                                                        jsonb_build_array(p_cohort_name)))
                       END
                    || CASE WHEN p_added THEN cohortsync._braze_fields(
-                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
-                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                             CASE WHEN m.email_ok THEN m.email END, CASE WHEN m.phone_ok THEN m.phone END,
+                             cohortsync._member_first_name(p_properties), p_properties ->> 'last_name')
                            ELSE '{}'::jsonb
                       END AS attributes,
-                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
-              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped,
+                   p_added AND m.email IS NOT NULL AND m.email <> '' AND NOT m.email_ok AS email_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok,
+                           cohortsync._is_email(y.email) AS email_ok
                       FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
                                             p_distinct_id) AS identity,
-                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                                   cohortsync._normalize_phone(
+                                       cohortsync._member_field(p_properties, 'phone_number', '$phone')) AS phone,
+                                   cohortsync._member_field(p_properties, 'email', '$email') AS email
                             OFFSET 0) y
                     OFFSET 0) m
             OFFSET 0) x
      CROSS JOIN LATERAL (VALUES
         (CASE WHEN x.attributes - 'external_id' <> '{}'::jsonb
               THEN jsonb_build_object('attributes', x.attributes) END,
-         x.phone_dropped),
+         x.phone_dropped, x.email_dropped),
         (CASE WHEN p_settings ->> 'event_name' IS NOT NULL THEN jsonb_build_object('events',
             jsonb_build_object(
                 'external_id', x.identity,
@@ -1186,7 +1239,7 @@ AS $$
                 'properties', jsonb_build_object(
                     'cohort_name', p_cohort_name, 'cohort_id', p_cohort_id,
                     'action', CASE WHEN p_added THEN 'added' ELSE 'removed' END))) END,
-         false)) r(record, phone_dropped)
+         false, false)) r(record, phone_dropped, email_dropped)
      WHERE r.record IS NOT NULL
 $$;
 
@@ -1195,18 +1248,21 @@ $$;
 CREATE FUNCTION cohortsync._braze_profile_records(p_identity_property text, p_distinct_id text,
                                                   p_properties jsonb, p_email text, p_phone text,
                                                   p_first_name text, p_last_name text)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT m.identity,
            jsonb_build_object('attributes', jsonb_build_object('external_id', m.identity) || pd.fields),
-           m.phone IS NOT NULL AND NOT p.phone_ok
+           m.phone IS NOT NULL AND NOT p.phone_ok,
+           p_email IS NOT NULL AND p_email <> '' AND NOT p.email_ok
       FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
                             p_distinct_id) AS identity,
                    cohortsync._normalize_phone(p_phone) AS phone) m
-     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok,
+                                cohortsync._is_email(p_email) AS email_ok) p
      CROSS JOIN LATERAL (
-        SELECT cohortsync._braze_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+        SELECT cohortsync._braze_fields(CASE WHEN p.email_ok THEN p_email END,
+                                        CASE WHEN p.phone_ok THEN m.phone END,
                                         p_first_name, p_last_name) AS fields) pd
      WHERE pd.fields <> '{}'::jsonb
 $$;
@@ -1231,8 +1287,9 @@ BEGIN
     END IF;
     -- Within one statement every (cohort, member) changes once, so the records
     -- of one identity made here commute; no ORDER BY (it would sort millions).
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1243,7 +1300,7 @@ BEGIN
                 c.changed_at) r
      WHERE cohortsync._kind_connected('clevertap')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1253,7 +1310,7 @@ BEGIN
                 c.properties, c.change = 'added') r
      WHERE cohortsync._kind_connected('mparticle')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1282,8 +1339,10 @@ BEGIN
     IF NOT cohortsync._queue_wanted() THEN
         RETURN NULL;
     END IF;
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM new_members nm
       JOIN old_members om
         ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
@@ -1296,7 +1355,8 @@ BEGIN
            IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
        AND cohortsync._kind_connected('clevertap')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM new_members nm
       JOIN old_members om
         ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
@@ -1691,6 +1751,7 @@ DECLARE
     v_delivered bigint := 0;
     v_nfailed   bigint := 0;
     v_phones    bigint := 0;
+    v_emails    bigint := 0;
     v_n         bigint;
     v_result    text := 'done';
 BEGIN
@@ -1750,9 +1811,9 @@ BEGIN
             DELETE FROM cohortsync.outbox o
              WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_answer.refused_ids || v_retry)
                AND o.destination = p_destination
-            RETURNING o.phone_dropped)
-        SELECT count(*), count(*) FILTER (WHERE a.phone_dropped)
-          INTO v_delivered, v_phones
+            RETURNING o.phone_dropped, o.email_dropped)
+        SELECT count(*), count(*) FILTER (WHERE a.phone_dropped), count(*) FILTER (WHERE a.email_dropped)
+          INTO v_delivered, v_phones, v_emails
           FROM accepted a;
     END IF;
 
@@ -1787,16 +1848,17 @@ BEGIN
 
     INSERT INTO cohortsync.destination_stats AS s
            (destination, requests, delivered, failed, phones_dropped, last_success_at,
-            last_error, last_error_at)
+            last_error, last_error_at, emails_dropped)
     VALUES (p_destination, 1, v_delivered, v_nfailed, v_phones,
             CASE WHEN v_answer.verdict IN ('accepted', 'partial') AND p_http BETWEEN 200 AND 299
                  THEN now() END,
-            v_error, CASE WHEN v_error IS NOT NULL THEN now() END)
+            v_error, CASE WHEN v_error IS NOT NULL THEN now() END, v_emails)
     ON CONFLICT (destination) DO UPDATE
        SET requests = s.requests + 1,
            delivered = s.delivered + EXCLUDED.delivered,
            failed = s.failed + EXCLUDED.failed,
            phones_dropped = s.phones_dropped + EXCLUDED.phones_dropped,
+           emails_dropped = s.emails_dropped + EXCLUDED.emails_dropped,
            last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
            last_error = coalesce(EXCLUDED.last_error, s.last_error),
            last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at);
@@ -1835,7 +1897,8 @@ SELECT d.name,
               THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
                           o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
          '')                                   AS reason,
-       d.kind
+       d.kind,
+       coalesce(s.emails_dropped, 0)           AS emails_dropped
   FROM cohortsync.destinations d
   LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
   LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
@@ -1850,8 +1913,11 @@ SELECT d.name,
                                               AND x.next_attempt_at > now())          AS next_retry
           FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
 COMMENT ON VIEW cohortsync.destination_status IS
-    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), and its kind.';
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped.';
 
+REVOKE ALL ON FUNCTION cohortsync._is_email(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._member_field(jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._member_first_name(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_records(text, text, text, text, text, text, jsonb, boolean, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_profile_records(text, text, jsonb, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._kind_connected(text) FROM PUBLIC;
