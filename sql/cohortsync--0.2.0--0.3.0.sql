@@ -614,6 +614,247 @@ ALTER FUNCTION cohortsync.connect_clevertap(text, text, text, text, text)
 ALTER FUNCTION cohortsync.add_webhook_user(text, text)
     SET log_min_messages = warning;
 
+-- The worker's statements on the outbox are planned as if its pages were full
+-- (src/outbox_plan.c): a queue analyzed while nearly empty made every index look one
+-- page big, and a DELETE by id or the claim's identity probe walked all of
+-- outbox_claim_idx (test/pgtap/delivery_plan.sql).
+ALTER FUNCTION cohortsync._claim_due(text, integer, bigint)
+    SET cohortsync.plan_outbox_full = on;
+ALTER FUNCTION cohortsync._claim(text, integer, interval)
+    SET cohortsync.plan_outbox_full = on;
+ALTER FUNCTION cohortsync._next_due()
+    SET cohortsync.plan_outbox_full = on;
+
+-- _record_outcome reaches outbox rows by primary key only (see the comment on its SET
+-- clauses), and is planned like the others.
+CREATE OR REPLACE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p_http integer,
+                                           p_body text, p_error text, p_retry_age interval,
+                                           p_lease interval, p_rest bigint[] DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+-- Every statement below reaches outbox rows by id = ANY (...) and nothing else: ids
+-- are unique, and a "destination = p_destination" beside it let the planner walk the
+-- destination's part of outbox_claim_idx instead (the whole queue, for every request).
+-- With stale statistics (an outbox analyzed while empty) a sequential scan of the whole
+-- queue looked cheapest: 200 ms per request on a 20,000-record queue; and every index
+-- looked one page big, so a walk of all of outbox_claim_idx (id is its second column)
+-- looked as cheap as the primary key. enable_seqscan = off rules out the first,
+-- cohortsync.plan_outbox_full the second (src/outbox_plan.c): the primary key wins.
+SET enable_seqscan = off
+SET cohortsync.plan_outbox_full = on
+AS $$
+DECLARE
+    v_body      jsonb;
+    v_status    text;
+    v_error     text;
+    v_retry     bigint[] := '{}';
+    v_failed    bigint[] := '{}';
+    v_codes     integer[] := '{}';
+    v_messages  text[] := '{}';
+    v_delivered bigint := 0;
+    v_nfailed   bigint := 0;
+    v_phones    bigint := 0;
+    v_n         bigint;
+    v_result    text := 'done';
+BEGIN
+    -- Whatever answered may echo the request's headers back (a misconfigured
+    -- proxy): the passcode must not reach last_error, paused_reason or failed_records.
+    SELECT replace(p_body, s.passcode, '[passcode]'), replace(p_error, s.passcode, '[passcode]')
+      INTO p_body, p_error
+      FROM cohortsync.destination_secrets s
+     WHERE s.name = p_destination AND s.passcode <> '';
+
+    BEGIN
+        v_body := p_body::jsonb;
+    EXCEPTION WHEN others THEN
+        v_body := NULL;
+    END;
+    IF jsonb_typeof(v_body) = 'object' THEN
+        v_status := v_body ->> 'status';
+    END IF;
+
+    IF p_http = 200 AND v_status IN ('success', 'partial', 'fail') THEN
+        -- "Skipped record number : N" is the 1-based index of the record in "d"
+        SELECT coalesce(array_agg(p_ids[x.n] ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(x.code ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(x.msg ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(p_ids[x.n] ORDER BY x.n) FILTER (WHERE x.code = 555), '{}')
+          INTO v_failed, v_codes, v_messages, v_retry
+          FROM (SELECT DISTINCT ON (n) n, code, msg FROM (
+                  SELECT substring(e ->> 'error' FROM 'Skipped record number\s*:\s*([0-9]+)')::integer AS n,
+                         CASE WHEN e ->> 'code' ~ '^[0-9]{1,9}$' THEN (e ->> 'code')::integer END AS code,
+                         coalesce(nullif(regexp_replace(e ->> 'error',
+                                                        '\s*Skipped record number\s*:\s*[0-9]+\s*$', ''), ''),
+                                  'rejected') AS msg
+                    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_body -> 'unprocessed') = 'array'
+                                                   THEN v_body -> 'unprocessed' ELSE '[]' END) e) y
+                 WHERE n BETWEEN 1 AND cardinality(p_ids)) x;
+
+        IF v_status = 'fail' AND cardinality(v_failed) + cardinality(v_retry) = 0 THEN
+            -- a "fail" that names no record: nothing to go by, try again later
+            v_retry := p_ids;
+            v_error := 'CleverTap answered status "fail" without naming a record';
+            v_result := 'retry';
+        ELSE
+            IF cardinality(v_retry) > 0 THEN
+                v_error := 'CleverTap answered 555 (server error) for some records';
+            END IF;
+            -- the refused records, with CleverTap's code and message
+            WITH gone AS (
+                DELETE FROM cohortsync.outbox o WHERE o.id = ANY (v_failed)
+                RETURNING o.*)
+            INSERT INTO cohortsync.failed_records
+                   (id, destination, identity, record, change_id, created_at, attempts, code, message)
+            SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at,
+                   g.attempts + 1, f.code, f.message
+              FROM gone g JOIN unnest(v_failed, v_codes, v_messages) f(id, code, message)
+                ON f.id = g.id;
+            GET DIAGNOSTICS v_nfailed = ROW_COUNT;
+            -- everything else was accepted
+            WITH accepted AS (
+                DELETE FROM cohortsync.outbox o
+                 WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_failed || v_retry)
+                RETURNING o.phone_dropped)
+            SELECT count(*), count(*) FILTER (WHERE a.phone_dropped)
+              INTO v_delivered, v_phones
+              FROM accepted a;
+        END IF;
+
+    ELSIF p_http = 400 AND cardinality(p_ids) > 1 THEN
+        -- some record made the whole request malformed: find it by halving
+        UPDATE cohortsync.outbox o SET lease_until = now() + p_lease
+         WHERE o.id = ANY (p_ids || p_rest);
+        RETURN 'split';
+
+    ELSIF p_http = 400 THEN
+        WITH gone AS (
+            DELETE FROM cohortsync.outbox o WHERE o.id = ANY (p_ids) RETURNING o.*)
+        INSERT INTO cohortsync.failed_records
+               (id, destination, identity, record, change_id, created_at, attempts, code, message)
+        SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at, g.attempts + 1,
+               400, 'HTTP 400: ' || coalesce(v_body ->> 'error', left(p_body, 200), 'bad request')
+          FROM gone g;
+        GET DIAGNOSTICS v_nfailed = ROW_COUNT;
+
+    ELSIF p_http IN (401, 403) THEN
+        -- wrong account id, passcode or region: nothing will go through until a
+        -- human acts, so pause and keep every record
+        v_error := format('CleverTap answered HTTP %s: %s', p_http,
+                          coalesce(v_body ->> 'error', 'authentication failed'))
+                   || ' (check the account id, passcode and region, then resume the destination)';
+        UPDATE cohortsync.destinations d
+           SET state = 'paused', paused_reason = v_error, paused_at = now()
+         WHERE d.name = p_destination AND d.state = 'active';
+        UPDATE cohortsync.outbox o SET lease_until = NULL, leased_by = NULL, last_error = v_error
+         WHERE o.id = ANY (p_ids || p_rest);
+        v_result := 'retry';
+
+    ELSE
+        -- 429, 5xx, no answer, an unreadable 200: try again later
+        v_retry := p_ids || p_rest;
+        v_error := CASE
+            WHEN p_http = 0 THEN coalesce(p_error, 'no answer')
+            WHEN p_http = 200 THEN 'HTTP 200 with an unreadable body'
+            ELSE format('HTTP %s: %s', p_http,
+                        coalesce(v_body ->> 'error', nullif(left(p_body, 200), ''), 'no body'))
+            END;
+        v_result := 'retry';
+    END IF;
+
+    IF cardinality(v_retry) > 0 THEN
+        -- too old to keep trying: give up on them, visibly
+        WITH gone AS (
+            DELETE FROM cohortsync.outbox o
+             WHERE o.id = ANY (v_retry) AND o.created_at < now() - p_retry_age
+            RETURNING o.*)
+        INSERT INTO cohortsync.failed_records
+               (id, destination, identity, record, change_id, created_at, attempts, code, message)
+        SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at, g.attempts + 1,
+               NULL, format('not delivered within cohortsync.max_retry_age (%s); last error: %s',
+                            p_retry_age, v_error)
+          FROM gone g;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_nfailed := v_nfailed + v_n;
+        -- exponential backoff from 1 s to 10 min, with jitter (half to all of it)
+        UPDATE cohortsync.outbox o
+           SET attempts = o.attempts + 1, lease_until = NULL, leased_by = NULL, last_error = v_error,
+               next_attempt_at = now() + least(interval '10 minutes',
+                                               interval '1 second' * power(2, least(o.attempts, 20)))
+                                         * (0.5 + random() / 2)
+         WHERE o.id = ANY (v_retry);
+    END IF;
+
+    IF v_result = 'done' AND cardinality(p_rest) > 0 THEN
+        UPDATE cohortsync.outbox o SET lease_until = now() + p_lease WHERE o.id = ANY (p_rest);
+    END IF;
+
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = p_destination) THEN
+        RETURN v_result;        -- disconnected while the request was in flight
+    END IF;
+    INSERT INTO cohortsync.destination_stats AS s
+           (destination, requests, delivered, failed, phones_dropped, last_success_at,
+            last_error, last_error_at)
+    VALUES (p_destination, 1, v_delivered, v_nfailed, v_phones,
+            CASE WHEN p_http = 200 AND v_status IS NOT NULL THEN now() END,
+            v_error, CASE WHEN v_error IS NOT NULL THEN now() END)
+    ON CONFLICT (destination) DO UPDATE
+       SET requests = s.requests + 1,
+           delivered = s.delivered + EXCLUDED.delivered,
+           failed = s.failed + EXCLUDED.failed,
+           phones_dropped = s.phones_dropped + EXCLUDED.phones_dropped,
+           last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
+           last_error = coalesce(EXCLUDED.last_error, s.last_error),
+           last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at);
+    RETURN v_result;
+END
+$$;
+
+-- A drained queue made small again. Deleting delivered rows leaves the outbox's heap
+-- and indexes as big as the largest backlog they ever held: VACUUM does not give an
+-- index's empty pages back, nor the heap's while rows are being added at its end.
+-- When the outbox is empty and bigger than p_min_bytes, TRUNCATE gives it new, empty
+-- files. The delivery worker calls this when it has nothing in flight, at most every
+-- ten seconds.
+--
+-- TRUNCATE needs an ACCESS EXCLUSIVE lock. It is taken with NOWAIT, so this never
+-- waits, and so never queues a lock request that ingest would have to wait behind:
+-- when anything holds the outbox (an ingest transaction that queued records and has
+-- not committed, pg_dump, VACUUM, a reader), it gives up and the worker tries again
+-- later. Under the lock no other transaction can have uncommitted rows in the outbox,
+-- so emptiness is checked again there: nothing queued can be lost, and nothing is in
+-- flight (a record leaves the queue only once it has been answered for). Ingest that
+-- reaches the outbox while the lock is held waits for this transaction only: 12 ms
+-- after a drain of 300,000 records, 90 ms when VACUUM had not yet been through it
+-- (the commit unlinks the old files). The identity keeps counting (no RESTART
+-- IDENTITY): ids order an identity's records, and the worker's cursor stays below
+-- every new id.
+--
+-- Returns whether it truncated.
+CREATE FUNCTION cohortsync._shrink_outbox(p_min_bytes bigint DEFAULT 8 * 1024 * 1024)
+RETURNS boolean LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+BEGIN
+    -- cheap first: the size of the files, then one index entry
+    IF pg_total_relation_size('cohortsync.outbox') <= p_min_bytes
+       OR EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        LOCK TABLE cohortsync.outbox IN ACCESS EXCLUSIVE MODE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN false;
+    END;
+    IF EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;           -- committed between the first look and the lock
+    END IF;
+    TRUNCATE cohortsync.outbox;
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION cohortsync._shrink_outbox(bigint) FROM PUBLIC;
+
 -------------------------------------------------------------------------------
 -- Destinations as kinds (issue #13): clevertap, mparticle, braze.
 --
@@ -1738,10 +1979,16 @@ CREATE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p
                                            p_retry_after integer DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
--- Every statement below reaches outbox rows by id = ANY (...). With stale statistics
--- (an outbox analyzed while empty) a sequential scan of the whole queue looked
--- cheapest: 200 ms per request on a 20,000-record queue. The primary key always wins.
+-- Every statement below reaches outbox rows by id = ANY (...) and nothing else: ids
+-- are unique, and a "destination = p_destination" beside it let the planner walk the
+-- destination's part of outbox_claim_idx instead (the whole queue, for every request).
+-- With stale statistics (an outbox analyzed while empty) a sequential scan of the whole
+-- queue looked cheapest: 200 ms per request on a 20,000-record queue; and every index
+-- looked one page big, so a walk of all of outbox_claim_idx (id is its second column)
+-- looked as cheap as the primary key. enable_seqscan = off rules out the first,
+-- cohortsync.plan_outbox_full the second (src/outbox_plan.c): the primary key wins.
 SET enable_seqscan = off
+SET cohortsync.plan_outbox_full = on
 AS $$
 DECLARE
     v_kind      text;
@@ -1795,8 +2042,7 @@ BEGIN
         END IF;
         -- the refused records, with the destination's code and message
         WITH gone AS (
-            DELETE FROM cohortsync.outbox o
-             WHERE o.id = ANY (v_answer.refused_ids) AND o.destination = p_destination
+            DELETE FROM cohortsync.outbox o WHERE o.id = ANY (v_answer.refused_ids)
             RETURNING o.*)
         INSERT INTO cohortsync.failed_records
                (id, destination, identity, record, change_id, created_at, attempts, code, message)
@@ -1810,7 +2056,6 @@ BEGIN
         WITH accepted AS (
             DELETE FROM cohortsync.outbox o
              WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_answer.refused_ids || v_retry)
-               AND o.destination = p_destination
             RETURNING o.phone_dropped, o.email_dropped)
         SELECT count(*), count(*) FILTER (WHERE a.phone_dropped), count(*) FILTER (WHERE a.email_dropped)
           INTO v_delivered, v_phones, v_emails
