@@ -87,8 +87,8 @@ SELECT is((SELECT reltuples FROM pg_class WHERE oid = 'cohortsync.outbox'::regcl
 
 -- _record_outcome's DELETE of accepted records as it was (enable_seqscan off, by id and
 -- destination)
-SELECT matches(pg_temp.plan_of('cohortsync._record_outcome(text,bigint[],integer,text,text,interval,interval,bigint[])',
-                               $$'ct', '{1,2,3}', 200, NULL, NULL, '1 day', '1 minute', '{}'$$, false,
+SELECT matches(pg_temp.plan_of('cohortsync._record_outcome(text,bigint[],integer,text,text,interval,interval,bigint[],integer)',
+                               $$'ct', '{1,2,3}', 200, NULL, NULL, '1 day', '1 minute', '{}', NULL$$, false,
                                body => 'DELETE FROM cohortsync.outbox o WHERE o.id = ANY (p_ids) AND o.destination = p_destination'),
                'outbox_claim_idx',
                'the trap is set: unguarded, the DELETE of accepted records scans outbox_claim_idx');
@@ -101,8 +101,8 @@ SELECT matches(pg_temp.plan_of('cohortsync._record_outcome(text,bigint[],integer
 -- second column) or outbox_identity_idx, and picks one or the other depending on the
 -- indexes' heights (the claim's identity probe likewise walked outbox_claim_idx for
 -- every record); cohortsync.plan_outbox_full settles it
-SELECT matches(pg_temp.plan_of('cohortsync._record_outcome(text,bigint[],integer,text,text,interval,interval,bigint[])',
-                               $$'ct', '{1,2,3}', 200, NULL, NULL, '1 day', '1 minute', '{}'$$,
+SELECT matches(pg_temp.plan_of('cohortsync._record_outcome(text,bigint[],integer,text,text,interval,interval,bigint[],integer)',
+                               $$'ct', '{1,2,3}', 200, NULL, NULL, '1 day', '1 minute', '{}', NULL$$,
                                body => 'DELETE FROM cohortsync.outbox o WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (p_rest)'),
                E'^(Index Scan on outbox_pkey|Bitmap Heap Scan\nBitmap Index Scan on outbox_pkey)$',
                'the DELETE of accepted records reads the primary key');
@@ -152,7 +152,7 @@ SELECT is(cohortsync._record_outcome('ct', (SELECT ids FROM sent), 200,
               '{"status":"partial","processed":998,"unprocessed":['
               '{"status":"fail","code":516,"error":"Invalid phone. Skipped record number : 3"},'
               '{"status":"fail","code":555,"error":"Server error. Skipped record number : 7"}]}',
-              NULL, '1 day', '1 minute'), 'done', 'a partial answer is recorded');
+              NULL, '1 day', '1 minute'), 'requeued', 'a partial answer is recorded (the 555 stays queued)');
 SELECT is((SELECT coalesce(sum(returned), 0) FROM pg_temp.read_since()
             WHERE relname IN ('outbox_claim_idx', 'outbox_identity_idx')), 0::numeric,
           'recording it read nothing of outbox_claim_idx or outbox_identity_idx');
