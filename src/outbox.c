@@ -59,8 +59,10 @@ cs_outbox_destinations(MemoryContext cxt)
 {
 	List	   *result = NIL;
 
-	if (SPI_execute("SELECT d.name, cohortsync._clevertap_base_url(d.region, d.api_url),"
-					"       d.account_id, s.passcode"
+	if (SPI_execute("SELECT d.name, 'clevertap', cohortsync._clevertap_base_url(d.region, d.api_url),"
+					"       d.account_id, s.passcode,"
+					"       current_setting('cohortsync.batch_size')::integer,"
+					"       current_setting('cohortsync.max_inflight')::integer"
 					"  FROM cohortsync.destinations d"
 					"  JOIN cohortsync.destination_secrets s ON s.name = d.name"
 					" WHERE d.state = 'active'"
@@ -74,10 +76,15 @@ cs_outbox_destinations(MemoryContext cxt)
 		CsDestination *d = MemoryContextAllocZero(cxt, sizeof(CsDestination));
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 
+		bool		isnull;
+
 		d->name = copy_value(cxt, t, desc, 1);
-		d->base_url = copy_value(cxt, t, desc, 2);
-		d->account_id = copy_value(cxt, t, desc, 3);
-		d->passcode = copy_value(cxt, t, desc, 4);
+		d->kind = copy_value(cxt, t, desc, 2);
+		d->base_url = copy_value(cxt, t, desc, 3);
+		d->account_id = copy_value(cxt, t, desc, 4);
+		d->secret = copy_value(cxt, t, desc, 5);
+		d->batch_size = DatumGetInt32(SPI_getbinval(t, desc, 6, &isnull));
+		d->max_inflight = DatumGetInt32(SPI_getbinval(t, desc, 7, &isnull));
 		result = lappend(result, d);
 		MemoryContextSwitchTo(old);
 	}

@@ -12,9 +12,12 @@
 typedef struct CsDestination
 {
 	char	   *name;
-	char	   *base_url;		/* https://<host>, or api_url */
-	char	   *account_id;
-	char	   *passcode;
+	char	   *kind;			/* destination_kind.h */
+	char	   *base_url;		/* https://<host>, or api_url: no path, no trailing slash */
+	char	   *account_id;		/* NULL for kinds that have none */
+	char	   *secret;
+	int			batch_size;		/* records per request, within the kind's limit */
+	int			max_inflight;	/* requests in flight, within the kind's limit */
 } CsDestination;
 
 /* Records claimed for one request, in id order. */
