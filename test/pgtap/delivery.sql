@@ -170,7 +170,7 @@ SELECT is(cohortsync._record_outcome('ct', (SELECT array_agg(id ORDER BY id) FRO
                      {"status": "fail", "code": 555, "error": "Internal server error. Please retry.Skipped record number : 3", "record": {}}]}',
                    (SELECT count(*) - 2 FROM c2)),
             NULL, '3 days', '1 minute'),
-          'done', 'a partial answer is settled');
+          'requeued', 'a partial answer is settled; the 555 record stays queued (requeued)');
 SELECT results_eq($$SELECT id, code, message FROM cohortsync.failed_records$$,
                   $$SELECT id, 516, 'Profile data is incorrect. Phone number is not valid.' FROM sent WHERE pos = 2$$,
                   'the refused record is in failed_records with code and message');

@@ -39,8 +39,8 @@ SELECT throws_ok($$SELECT cohortsync.add_webhook_user('someone', '')$$, '22023',
                  'an empty password is refused');
 SELECT is((SELECT proconfig FROM pg_proc
             WHERE oid = 'cohortsync.add_webhook_user(text,text)'::regprocedure),
-          ARRAY['log_min_error_statement=panic'],
-          'a failed add_webhook_user call is not logged with its statement (the password)');
+          ARRAY['log_min_error_statement=panic', 'log_min_messages=warning'],
+          'a failed add_webhook_user call is not logged with its statement (the password), nor its messages');
 
 -- drop
 SELECT lives_ok($$SELECT cohortsync.drop_webhook_user('mixpanel-eu')$$, 'drop_webhook_user drops a user');
