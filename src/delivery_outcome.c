@@ -71,7 +71,7 @@ record_outcome(CsRequest *req)
 										   req->claim.ids + req->lo, req->hi - req->lo,
 										   req->call.http_status, usable_body(&req->call),
 										   req->call.http_status == 0 ? req->call.errbuf : NULL,
-										   cs_max_retry_age_s, cs_delivery_lease_ms(), rest, nrest);
+										   req->call.retry_after, cs_max_retry_age_s, cs_delivery_lease_ms(), rest, nrest);
 		cs_delivery_finish_transaction();
 	}
 	PG_CATCH();
@@ -87,23 +87,28 @@ record_outcome(CsRequest *req)
 	return outcome;
 }
 
+/*
+ * A request that failed as a whole: say so, at most once a minute. Whether the
+ * answer paused the destination was read in SQL, which shows it in
+ * destination_status; the log only says what came back.
+ */
 static void
-log_outcome(CsRequest *req, CsOutcome outcome)
+log_retry(CsRequest *req)
 {
-	if (outcome == CS_OUTCOME_RETRY && req->call.http_status != 401 &&
-		req->call.http_status != 403 && retry_log_due())
+	if (!retry_log_due())
+		return;
+	if (req->call.http_status == 0)
 		ereport(LOG,
 				(errmsg("cohortsync delivery: destination \"%s\": %s; the records will be retried",
-						req->destination,
-						req->call.http_status == 0 ? req->call.errbuf :
-						psprintf("HTTP %ld", req->call.http_status)),
+						req->destination, req->call.errbuf),
 				 errhint("Further retries are logged at most once a minute; "
 						 "see cohortsync.destination_status.")));
-	if (req->call.http_status == 401 || req->call.http_status == 403)
+	else
 		ereport(LOG,
-				(errmsg("cohortsync delivery: CleverTap refused the credentials of destination \"%s\" (HTTP %ld); it is paused",
+				(errmsg("cohortsync delivery: destination \"%s\" answered HTTP %ld; the records wait for a retry, or the destination is paused",
 						req->destination, req->call.http_status),
-				 errhint("Check its account id, passcode and region, then call cohortsync.resume_destination().")));
+				 errhint("Further retries are logged at most once a minute; "
+						 "see cohortsync.destination_status.")));
 }
 
 /* Record the outcome of the request's finished piece; send the next piece or free it. */
@@ -112,18 +117,11 @@ cs_outcome_settle(CsRequest *req)
 {
 	CsOutcome	outcome = record_outcome(req);
 
-	/*
-	 * Records that stay queued (a retry, a pause, a 555 inside a 200, an outcome
-	 * not recorded) are behind the cursor now: look there again. A "555" anywhere
-	 * in the answer counts; a false alarm only costs a scan from the start.
-	 */
-	if (outcome != CS_OUTCOME_DONE || req->call.http_status != 200 ||
-		req->call.response.data == NULL || strstr(req->call.response.data, "555") != NULL)
-	{
-		if (!(outcome == CS_OUTCOME_DONE && req->call.http_status == 400))
-			cs_schedule_note_holes(req->destination);
-	}
-	log_outcome(req, outcome);
+	/* records that stay queued are behind the cursor now: look there again */
+	if (outcome != CS_OUTCOME_DONE)
+		cs_schedule_note_holes(req->destination);
+	if (outcome == CS_OUTCOME_RETRY)
+		log_retry(req);
 
 	switch (outcome)
 	{
@@ -139,6 +137,7 @@ cs_outcome_settle(CsRequest *req)
 				return;
 			}
 		case CS_OUTCOME_DONE:
+		case CS_OUTCOME_REQUEUED:
 			if (req->npending > 0)
 			{
 				req->npending--;
