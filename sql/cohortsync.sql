@@ -1402,13 +1402,16 @@ END
 $$;
 
 -- What the worker has in flight, per destination, as it publishes it in shared
--- memory (nothing when the library is not preloaded or no worker runs).
+-- memory (nothing when the library is not preloaded or no worker runs), and the
+-- backoff of a destination whose requests fail as a whole: how many failed in a
+-- row and when the next may leave (NULL: none since the last success).
 -- Executable by PUBLIC, an exception: destination_status calls it with the
 -- reader's rights (a view checks function privileges as the view's user). It
--- shows no more than the view does (a count per destination name), and only to
--- roles that were given USAGE on the schema.
+-- shows no more than the view does (counts and a time per destination name),
+-- and only to roles that were given USAGE on the schema.
 CREATE FUNCTION cohortsync._worker_in_flight()
-RETURNS TABLE (destination text, records bigint)
+RETURNS TABLE (destination text, records bigint, consecutive_failures integer,
+               backoff_until timestamptz)
 AS 'MODULE_PATHNAME', 'cohortsync_worker_in_flight'
 LANGUAGE C VOLATILE;
 
@@ -1664,7 +1667,9 @@ SELECT d.name,
               THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
                           o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
          '')                                   AS reason,
-       d.kind
+       d.kind,
+       coalesce(w.consecutive_failures, 0)     AS consecutive_failures,
+       w.backoff_until
   FROM cohortsync.destinations d
   LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
   LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
@@ -1679,7 +1684,7 @@ SELECT d.name,
                                               AND x.next_attempt_at > now())          AS next_retry
           FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
 COMMENT ON VIEW cohortsync.destination_status IS
-    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), and its kind.';
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, and the worker''s backoff after requests that failed in a row.';
 
 
 -------------------------------------------------------------------------------

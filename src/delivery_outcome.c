@@ -122,6 +122,7 @@ cs_outcome_settle(CsRequest *req)
 		cs_schedule_note_holes(req->destination);
 	if (outcome == CS_OUTCOME_RETRY)
 		log_retry(req);
+	cs_schedule_note_outcome(req->destination, outcome, req->started, req->call.retry_after);
 
 	switch (outcome)
 	{

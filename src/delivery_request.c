@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "delivery_worker.h"
 
@@ -67,6 +68,7 @@ cs_request_send_piece(CsRequest *req, int lo, int hi)
 		req->call.response.data = NULL;
 	}
 	req->call.owner = req;
+	req->started = GetCurrentTimestamp();
 	req->kind->add_headers(&req->call, req->account_id, req->secret);
 	cs_http_start(&req->call, "POST", req->url, &req->body);
 	MemoryContextSwitchTo(old);

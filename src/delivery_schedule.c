@@ -14,11 +14,23 @@
  * cohortsync._claim_due's: it never offers a record whose identity has an
  * earlier record in flight or waiting.
  *
+ * Backoff per destination: each record that failed waits for its own retry
+ * (next_attempt_at, in SQL), but records queued meanwhile would go out at
+ * once, and an outage would cost dozens of requests a second. So after a
+ * request failed as a whole, the destination gets at most one request at a
+ * time, each no sooner than backoff_until: 1 s after the first failure,
+ * doubling to 5 minutes, with jitter, or later when the answer's Retry-After
+ * says so. The first request that is settled ends it.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "access/xlog.h"
+#include "common/pg_prng.h"
+#include "utils/timestamp.h"
 #include "utils/memutils.h"
 
 #include "delivery.h"
@@ -43,7 +55,15 @@ typedef struct CsDestState
 	bool		full_pass;		/* the walks since the cursor was 0 have not reached the end */
 	bool		active;			/* seen active at the last claim */
 	bool		unknown_kind_logged;
+	int			consecutive_failures;	/* requests that failed as a whole, in a row */
+	TimestampTz backoff_until;	/* while failing: no request before this */
+	TimestampTz last_failure_at;	/* when the last failure was counted */
 } CsDestState;
+
+/* Backoff after consecutive failures: the first delay, the longest, the longest Retry-After honoured. */
+#define BACKOFF_FIRST_MS 1000
+#define BACKOFF_MAX_MS (5 * 60 * 1000)
+#define RETRY_AFTER_MAX_S (24 * 3600)
 
 /* Walks that claim nothing (whole batches blocked) allowed per turn of the loop. */
 #define MAX_EMPTY_WALKS 8
@@ -83,7 +103,83 @@ cs_schedule_note_holes(const char *destination)
 	dest_state(destination)->holes = true;
 }
 
-/* Publish the records in flight per destination for destination_status. */
+/*
+ * A request of the destination that started at "started" ended. RETRY: it
+ * failed as a whole; a failure counts once per round of requests (those in
+ * flight together fail together), and each count doubles the delay. Anything
+ * else was settled: full speed again.
+ */
+void
+cs_schedule_note_outcome(const char *destination, CsOutcome outcome,
+						 TimestampTz started, long retry_after_s)
+{
+	CsDestState *st = dest_state(destination);
+	TimestampTz now = GetCurrentTimestamp();
+	int64		delay_ms;
+
+	if (outcome == CS_OUTCOME_SPLIT)
+		return;
+	if (outcome != CS_OUTCOME_RETRY)
+	{
+		st->consecutive_failures = 0;
+		st->backoff_until = 0;
+		return;
+	}
+	if (st->consecutive_failures == 0 || started >= st->last_failure_at)
+	{
+		st->consecutive_failures++;
+		st->last_failure_at = now;
+	}
+	delay_ms = BACKOFF_FIRST_MS;
+	for (int i = 1; i < st->consecutive_failures && delay_ms < BACKOFF_MAX_MS; i++)
+		delay_ms *= 2;
+	delay_ms = Min(delay_ms, BACKOFF_MAX_MS);
+	/* jitter: between three quarters and all of it, so that workers do not march in step */
+	delay_ms -= (int64) (pg_prng_double(&pg_global_prng_state) * delay_ms / 4);
+	if (retry_after_s >= 0)
+		delay_ms = Max(delay_ms, (int64) Min(retry_after_s, RETRY_AFTER_MAX_S) * 1000);
+	st->backoff_until = Max(st->backoff_until, TimestampTzPlusMilliseconds(now, delay_ms));
+}
+
+/*
+ * Whether the destination backs off; if so *slots is how many requests it may
+ * have in flight (one) and *wait_ms how long until it may send (0: now).
+ */
+static bool
+backing_off(CsDestState *st, int *slots, long *wait_ms)
+{
+	TimestampTz now;
+
+	if (st->consecutive_failures == 0)
+		return false;
+	now = GetCurrentTimestamp();
+	*slots = 1;
+	*wait_ms = st->backoff_until > now ? (long) ((st->backoff_until - now + 999) / 1000) : 0;
+	return true;
+}
+
+static CsPublished *
+published_slot(CsPublished *pub, int *n, const char *destination)
+{
+	int			i;
+
+	if (strlen(destination) >= CS_PUBLISHED_NAMELEN)
+		return NULL;
+	for (i = 0; i < *n; i++)
+		if (strcmp(pub[i].destination, destination) == 0)
+			return &pub[i];
+	if (*n == CS_PUBLISHED_MAX)
+		return NULL;
+	memset(&pub[i], 0, sizeof(CsPublished));
+	strlcpy(pub[i].destination, destination, CS_PUBLISHED_NAMELEN);
+	(*n)++;
+	return &pub[i];
+}
+
+/*
+ * Publish, for destination_status, the records in flight per destination and
+ * the backoff of those that fail.
+ */
 void
 cs_schedule_publish(void)
 {
@@ -94,22 +190,24 @@ cs_schedule_publish(void)
 	foreach(lc, cs_requests)
 	{
 		CsRequest  *req = (CsRequest *) lfirst(lc);
-		int			i;
+		CsPublished *p = published_slot(pub, &n, req->destination);
 
-		if (strlen(req->destination) >= CS_PUBLISHED_NAMELEN)
+		if (p != NULL)
+			p->records += cs_request_records(req);
+	}
+	foreach(lc, dest_states)
+	{
+		CsDestState *st = (CsDestState *) lfirst(lc);
+		CsPublished *p;
+
+		if (st->consecutive_failures == 0)
 			continue;
-		for (i = 0; i < n; i++)
-			if (strcmp(pub[i].destination, req->destination) == 0)
-				break;
-		if (i == n)
+		p = published_slot(pub, &n, st->name);
+		if (p != NULL)
 		{
-			if (n == CS_PUBLISHED_MAX)
-				continue;
-			strlcpy(pub[n].destination, req->destination, CS_PUBLISHED_NAMELEN);
-			pub[n].records = 0;
-			n++;
+			p->consecutive_failures = st->consecutive_failures;
+			p->backoff_until = st->backoff_until;
 		}
-		pub[i].records += cs_request_records(req);
 	}
 	cs_delivery_publish(pub, n);
 }
@@ -259,12 +357,14 @@ claim_for(CsDestination *dest, const CsDestinationKind *kind, CsDestState *st,
  */
 static bool
 fill_slots(CsDestination *dest, CsDestState *st, bool poll,
-		   bool *claimed_any, bool *come_back)
+		   bool *claimed_any, bool *come_back, long *wait_ms)
 {
 	const CsDestinationKind *kind = cs_destination_kind(dest->kind);
 	int			nfly = cs_requests_in_flight_for(dest->name);
-	int			free_slots = dest->max_inflight - nfly;
+	int			slots = dest->max_inflight;
+	int			free_slots;
 	int			empty_walks = 0;
+	long		backoff_ms;
 
 	if (kind == NULL)
 	{
@@ -277,6 +377,14 @@ fill_slots(CsDestination *dest, CsDestState *st, bool poll,
 		st->unknown_kind_logged = true;
 		return true;
 	}
+
+	/* failing: one request at a time, when its time has come */
+	if (backing_off(st, &slots, &backoff_ms) && backoff_ms > 0)
+	{
+		*wait_ms = Min(*wait_ms, backoff_ms);
+		return true;
+	}
+	free_slots = slots - nfly;
 
 	/*
 	 * A safety net: the cursor relies on every writer of the queue having a
@@ -377,6 +485,7 @@ cs_schedule_claim_and_send(bool poll)
 	long		sleep_ms;
 	bool		claimed_any = false;
 	bool		come_back = false;
+	long		backoff_wait_ms = LONG_MAX;
 
 	/* a standby sends nothing (the worker only starts after recovery anyway) */
 	if (RecoveryInProgress())
@@ -407,17 +516,24 @@ cs_schedule_claim_and_send(bool poll)
 		CsDestState *st = dest_state(dest->name);
 
 		st->active = true;
-		if (!fill_slots(dest, st, poll, &claimed_any, &come_back))
+		if (!fill_slots(dest, st, poll, &claimed_any, &come_back, &backoff_wait_ms))
 			return cs_poll_interval_ms;
 	}
 
-	/* a destination paused or gone: start from the beginning when it is back */
+	/*
+	 * A destination paused or gone: start from the beginning when it is back,
+	 * at full speed (a resume follows a human's fix).
+	 */
 	foreach(lc, dest_states)
 	{
 		CsDestState *st = (CsDestState *) lfirst(lc);
 
 		if (!st->active)
+		{
 			st->rescan = true;
+			st->consecutive_failures = 0;
+			st->backoff_until = 0;
+		}
 	}
 	cs_schedule_publish();
 
@@ -429,5 +545,5 @@ cs_schedule_claim_and_send(bool poll)
 	sleep_ms = cs_poll_interval_ms;
 	if (next_due >= 0)
 		sleep_ms = Min(sleep_ms, (long) (next_due * 1000.0) + 1);
-	return sleep_ms;
+	return Min(sleep_ms, backoff_wait_ms);
 }

@@ -19,6 +19,7 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "delivery.h"
@@ -148,13 +149,22 @@ cohortsync_worker_in_flight(PG_FUNCTION_ARGS)
 		memcpy(copy, cs_shared->published, sizeof(CsPublished) * n);
 		SpinLockRelease(&cs_shared->mutex);
 	}
+	/*
+	 * SQL objects older than the library (before ALTER EXTENSION UPDATE)
+	 * declare only the first two columns: a tuple takes as many values as its
+	 * descriptor has columns.
+	 */
+	Assert(rsinfo->setDesc->natts <= 4);
 	for (int i = 0; i < n; i++)
 	{
-		Datum		values[2];
-		bool		nulls[2] = {false, false};
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
 
 		values[0] = CStringGetTextDatum(copy[i].destination);
 		values[1] = Int64GetDatum(copy[i].records);
+		values[2] = Int32GetDatum(copy[i].consecutive_failures);
+		values[3] = TimestampTzGetDatum(copy[i].backoff_until);
+		nulls[3] = copy[i].backoff_until == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -15,6 +15,7 @@
 #ifndef COHORTSYNC_DELIVERY_WORKER_H
 #define COHORTSYNC_DELIVERY_WORKER_H
 
+#include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "utils/elog.h"
 #include "utils/palloc.h"
@@ -44,6 +45,7 @@ typedef struct CsRequest
 	int		   *pending_hi;
 	StringInfoData body;
 	CsHttpCall	call;
+	TimestampTz started;		/* when the piece in flight was sent */
 } CsRequest;
 
 /* delivery_worker.c */
@@ -72,6 +74,8 @@ extern int64 cs_request_records(CsRequest *req);
 /* delivery_schedule.c */
 extern long cs_schedule_claim_and_send(bool poll);
 extern void cs_schedule_note_holes(const char *destination);
+extern void cs_schedule_note_outcome(const char *destination, CsOutcome outcome,
+									 TimestampTz started, long retry_after_s);
 extern void cs_schedule_publish(void);
 
 /* delivery_outcome.c */
@@ -84,6 +88,8 @@ typedef struct CsPublished
 {
 	char		destination[CS_PUBLISHED_NAMELEN];
 	int64		records;		/* in flight */
+	int			consecutive_failures;	/* requests failed as a whole, in a row */
+	TimestampTz backoff_until;	/* 0 when not backing off */
 } CsPublished;
 
 #define CS_PUBLISHED_MAX 64
