@@ -352,12 +352,13 @@ claim_for(CsDestination *dest, const CsDestinationKind *kind, CsDestState *st,
 
 /*
  * Fill the destination's free slots. Returns false when a claim failed (the
- * turn ends); sets *claimed_any when a request started and *come_back when the
- * loop should claim again without sleeping.
+ * turn ends); sets *claimed_any when a request started, *come_back when the
+ * loop should claim again without sleeping, *held when the destination backs
+ * off (and *wait_ms to when it may send, if later than now).
  */
 static bool
 fill_slots(CsDestination *dest, CsDestState *st, bool poll,
-		   bool *claimed_any, bool *come_back, long *wait_ms)
+		   bool *claimed_any, bool *come_back, bool *held, long *wait_ms)
 {
 	const CsDestinationKind *kind = cs_destination_kind(dest->kind);
 	int			nfly = cs_requests_in_flight_for(dest->name);
@@ -379,7 +380,8 @@ fill_slots(CsDestination *dest, CsDestState *st, bool poll,
 	}
 
 	/* failing: one request at a time, when its time has come */
-	if (backing_off(st, &slots, &backoff_ms) && backoff_ms > 0)
+	*held = backing_off(st, &slots, &backoff_ms);
+	if (*held && backoff_ms > 0)
 	{
 		*wait_ms = Min(*wait_ms, backoff_ms);
 		return true;
@@ -486,6 +488,7 @@ cs_schedule_claim_and_send(bool poll)
 	bool		claimed_any = false;
 	bool		come_back = false;
 	long		backoff_wait_ms = LONG_MAX;
+	int			nheld = 0;
 
 	/* a standby sends nothing (the worker only starts after recovery anyway) */
 	if (RecoveryInProgress())
@@ -514,10 +517,13 @@ cs_schedule_claim_and_send(bool poll)
 	{
 		CsDestination *dest = (CsDestination *) lfirst(lc);
 		CsDestState *st = dest_state(dest->name);
+		bool		held = false;
 
 		st->active = true;
-		if (!fill_slots(dest, st, poll, &claimed_any, &come_back, &backoff_wait_ms))
+		if (!fill_slots(dest, st, poll, &claimed_any, &come_back, &held, &backoff_wait_ms))
 			return cs_poll_interval_ms;
+		if (held)
+			nheld++;
 	}
 
 	/*
@@ -543,7 +549,15 @@ cs_schedule_claim_and_send(bool poll)
 	if (come_back)
 		return 0;
 	sleep_ms = cs_poll_interval_ms;
-	if (next_due >= 0)
-		sleep_ms = Min(sleep_ms, (long) (next_due * 1000.0) + 1);
+
+	/*
+	 * The records of a destination that backs off come due for their retries
+	 * but must wait for its schedule: waking for them would spin. When every
+	 * destination backs off, only the schedule counts; when some do, the retry
+	 * may be theirs, so waking for it is limited to once a second.
+	 */
+	if (next_due >= 0 && nheld < list_length(dests))
+		sleep_ms = Min(sleep_ms, nheld > 0 ? Max((long) (next_due * 1000.0) + 1, BACKOFF_FIRST_MS) :
+					   (long) (next_due * 1000.0) + 1);
 	return Min(sleep_ms, backoff_wait_ms);
 }

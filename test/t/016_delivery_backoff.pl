@@ -1,0 +1,77 @@
+# Backoff per destination (issue #13, "Retry pressure"): while the destination
+# answers every request with 503, the worker sends one request at a time on an
+# exponential schedule instead of dozens a second, destination_status shows how
+# many failed in a row and until when it waits, and the first success brings
+# back full speed, with every record delivered exactly once.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+use CsDelivery;
+
+my $ct = start_standin();
+my $node = new_delivery_node('backoff', $ct);
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# The worker's CPU time so far (utime + stime, seconds), from /proc.
+sub cpu_seconds
+{
+	my ($pid) = @_;
+	my @f = split / /, (split /\) /, slurp_file("/proc/$pid/stat"))[1];
+	return ($f[11] + $f[12]) / 100;    # fields 14 and 15, in clock ticks (USER_HZ = 100)
+}
+
+my $members = 10000;
+my $outage = 60;
+my $pid = worker_pid($node);
+
+standin_post($ct, '/_control', { status_all => 503 });
+my ($t0, $cpu0) = (time(), cpu_seconds($pid));
+sql("SELECT page('add_members', 'outage', (SELECT array_agg('m' || g) FROM generate_series(1, $members) g),
+                 'c-out', 'Outage')");
+is(sql("SELECT count(*) FROM cohortsync.outbox"), 2 * $members, 'outage: 20,000 records queued');
+
+ok(wait_until(20, sub {
+	sql("SELECT consecutive_failures >= 3 AND backoff_until > now() FROM cohortsync.destination_status") eq 't' }),
+	'outage: destination_status shows failures in a row and when the next request may leave');
+like(sql("SELECT last_error FROM cohortsync.destination_status"), qr/^HTTP 503/,
+	'outage: and the last error');
+
+sleep($outage - (time() - $t0)) if time() - $t0 < $outage;
+my $stats = standin_get($ct, '/_stats');
+my ($elapsed, $cpu) = (time() - $t0, cpu_seconds($pid) - $cpu0);
+note(sprintf('outage: %d requests in %.0f s (%.2f/s); worker CPU %.2f s (%.1f%% of a core)',
+	$stats->{requests}, $elapsed, $stats->{requests} / $elapsed, $cpu, 100 * $cpu / $elapsed));
+# 1 s doubling with jitter: about 8 rounds in a minute; the first round may be as
+# many requests as max_inflight allows (they were on the wire together)
+cmp_ok($stats->{requests}, '<=', 15, "outage: at most 15 requests in $outage s (without backoff: thousands)");
+cmp_ok($stats->{requests}, '>=', 4, 'outage: but it keeps probing');
+cmp_ok($stats->{max_concurrent_seen}, '<=', 4, 'outage: never more than max_inflight at once');
+is(scalar(@{ delivered_records($ct) }), 0, 'outage: nothing arrived');
+is(sql("SELECT count(*) FROM cohortsync.failed_records"), '0', 'outage: nothing failed');
+cmp_ok(sql("SELECT consecutive_failures FROM cohortsync.destination_status"), '>=', 5,
+	'outage: the failures in a row keep counting');
+
+# the outage ends: the next probe (at most 5 minutes away, here well under a
+# minute) succeeds, and then everything goes at full speed
+standin_post($ct, '/_control', { status_all => undef });
+my $t1 = time();
+ok(wait_until(90, sub { standin_get($ct, '/_stats')->{records_accepted} > 0 }), 'after: a probe gets through');
+my $t2 = time();
+ok(outbox_empty($node, 60), 'after: the outbox drains');
+my $t3 = time();
+note(sprintf('after: first success %.1f s after the outage ended; drained %.1f s later', $t2 - $t1, $t3 - $t2));
+cmp_ok($t3 - $t2, '<', 30, 'after: at full speed (20,000 records in well under 30 s)');
+is(sql("SELECT consecutive_failures || ' ' || coalesce(backoff_until::text, 'none') FROM cohortsync.destination_status"),
+	'0 none', 'after: destination_status shows no backoff');
+is_deeply(standin_tally($ct),
+	{ map { ("ct-m$_ event Added" => 1, "ct-m$_ profile \$add" => 1) } 1 .. $members },
+	'after: every record arrived, exactly once');
+is(worker_pid($node), $pid, 'the same worker throughout');
+
+$node->stop;
+done_testing();
