@@ -1152,3 +1152,25 @@ COMMENT ON VIEW cohortsync.destination_status IS
 
 DROP FUNCTION cohortsync._worker_in_flight();
 ALTER FUNCTION cohortsync._worker_in_flight_new() RENAME TO _worker_in_flight;
+
+-------------------------------------------------------------------------------
+-- A connection test for every kind (issue #13).
+-------------------------------------------------------------------------------
+
+-- Whether a destination's credentials and region work: one harmless
+-- authenticated request that carries no user data (per kind, see
+-- docs/destination-apis.md, "Connection test"), sent from the calling backend
+-- with cohortsync.connect_timeout, request_timeout and ca_file, and judged by
+-- _read_answer. Returns {"ok", "kind", "http_status", "verdict", "reason"};
+-- the secret is in none of them. Reads the secret: the settings that keep a
+-- secret out of the log apply, as for the functions that take one.
+CREATE FUNCTION cohortsync.test_destination(name text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cohortsync_test_destination'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning;
+COMMENT ON FUNCTION cohortsync.test_destination(text) IS
+    'Send the destination''s connection test (no user data) and say whether its credentials and region work.';
+REVOKE ALL ON FUNCTION cohortsync.test_destination(text) FROM PUBLIC;

@@ -631,6 +631,23 @@ $$;
 COMMENT ON FUNCTION cohortsync.disconnect_clevertap(text) IS
     'Disconnect a destination and forget everything queued or failed for it.';
 
+-- Whether a destination's credentials and region work: one harmless
+-- authenticated request that carries no user data (per kind, see
+-- docs/destination-apis.md, "Connection test"), sent from the calling backend
+-- with cohortsync.connect_timeout, request_timeout and ca_file, and judged by
+-- _read_answer. Returns {"ok", "kind", "http_status", "verdict", "reason"};
+-- the secret is in none of them. Reads the secret: the settings that keep a
+-- secret out of the log apply, as for the functions that take one.
+CREATE FUNCTION cohortsync.test_destination(name text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cohortsync_test_destination'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning;
+COMMENT ON FUNCTION cohortsync.test_destination(text) IS
+    'Send the destination''s connection test (no user data) and say whether its credentials and region work.';
+
 -- Stores the passcode of any destination, also one without a row in
 -- destination_secrets (a restore that left the passcodes out: see README).
 CREATE FUNCTION cohortsync.set_clevertap_passcode(name text, passcode text)
@@ -1736,6 +1753,7 @@ REVOKE ALL ON FUNCTION cohortsync._is_e164(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._profile_fields(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.connect_clevertap(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.disconnect_clevertap(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.test_destination(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.set_clevertap_passcode(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.pause_destination(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.resume_destination(text) FROM PUBLIC;

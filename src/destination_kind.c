@@ -14,6 +14,8 @@
 
 static const CsDestinationKind *const kinds[] = {
 	&cs_kind_clevertap,
+	&cs_kind_mparticle,
+	&cs_kind_braze,
 };
 
 const CsDestinationKind *

@@ -40,5 +40,7 @@ typedef struct CsDestinationKind
 extern const CsDestinationKind *cs_destination_kind(const char *name);
 
 extern const CsDestinationKind cs_kind_clevertap;
+extern const CsDestinationKind cs_kind_mparticle;
+extern const CsDestinationKind cs_kind_braze;
 
 #endif							/* COHORTSYNC_DESTINATION_KIND_H */

@@ -5,7 +5,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(86);
+SELECT plan(88);
 
 CREATE ROLE cs_test_ingest;
 CREATE ROLE cs_test_reader;
@@ -135,6 +135,7 @@ SELECT throws_ok(q, '42501', NULL, 'reader may not: ' || q)
                ($$SELECT cohortsync.connect_clevertap('evil', 'ACC', 'cs-secret-evil', 'eu1', 'http://evil.example')$$),
                ($$SELECT cohortsync.set_clevertap_passcode('ct', 'cs-secret-evil')$$),
                ($$SELECT cohortsync.disconnect_clevertap('ct')$$),
+               ($$SELECT cohortsync.test_destination('ct')$$),
                ($$SELECT cohortsync.pause_destination('ct')$$),
                ($$SELECT cohortsync.resume_destination('ct')$$),
                ($$SELECT cohortsync.replay_failed()$$),
@@ -179,6 +180,7 @@ SELECT throws_ok(q, '42501', NULL, 'ingest role may not: ' || q)
                ($$SELECT cohortsync.pause_destination('ct')$$),
                ($$SELECT cohortsync.resume_destination('ct')$$),
                ($$SELECT cohortsync.disconnect_clevertap('ct')$$),
+               ($$SELECT cohortsync.test_destination('ct')$$),
                ($$SELECT cohortsync.add_webhook_user('evil', 'cs-secret-evil')$$),
                ($$SELECT cohortsync.explain_swap('1001', 'r1', 's')$$),
                ($$SELECT cohortsync.grant_read('cs_test_ingest')$$),
