@@ -1086,6 +1086,171 @@ REVOKE ALL ON FUNCTION cohortsync._jsonb_or_null(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._read_answer(text, integer, text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_answer(integer, text, jsonb, bigint[]) FROM PUBLIC;
 
+-- The outbox triggers build records per kind: one set-based builder per kind
+-- (inlined into the trigger's INSERT ... SELECT), one branch per kind, run only
+-- when a destination of the kind is connected. CleverTap's records are the same.
+-- Records per kind. Each kind has a set-based builder: a plain SQL function
+-- without SET clauses, so that the planner inlines it into the triggers'
+-- INSERT ... SELECT (and resync_destination's) as a subquery: no call per row.
+-- It takes one change of one member for one destination (the destination's
+-- settings, the cohort, the member as the change recorded it, added or removed,
+-- when) and returns the outbox rows it makes, each with its identity (the
+-- per-identity order key, before _identity_key) and the record exactly as it
+-- goes into the request.
+
+-- CleverTap: an event record ("Partner Sync", the five properties the seed
+-- names) and, when it has anything to set, a profile record (the cohorts
+-- property's $add / $remove, and on an addition Email, Phone and Name). A phone
+-- that is not E.164 is left out and counted (phone_dropped, on the event row).
+--
+-- The subquery x computes both records once; OFFSET 0 keeps the planner from
+-- pulling it up into the VALUES list, which would evaluate its expressions once
+-- per reference.
+CREATE FUNCTION cohortsync._clevertap_records(p_identity_property text, p_event_name text,
+                                              p_cohorts_property text, p_cohort_id text,
+                                              p_cohort_name text, p_distinct_id text,
+                                              p_properties jsonb, p_added boolean,
+                                              p_changed_at timestamptz)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT x.identity, r.record, r.phone_dropped
+      FROM (SELECT m.identity, m.ts,
+                   jsonb_build_object(
+                       'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', p_event_name,
+                       'evtData', jsonb_build_object(
+                           'Partner Segment Name', p_cohort_name,
+                           'Action', CASE WHEN p_added THEN 'Added' ELSE 'Removed' END,
+                           'Partner Segment ID', p_cohort_id,
+                           'CT Source', 'Mixpanel',
+                           'Partner Name', 'Mixpanel')) AS event,
+                   CASE WHEN p_cohorts_property IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object(p_cohorts_property,
+                                 jsonb_build_object(CASE WHEN p_added THEN '$add' ELSE '$remove' END,
+                                                    jsonb_build_array(p_cohort_name)))
+                   END
+                   || CASE WHEN p_added THEN cohortsync._profile_fields(
+                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
+                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                           ELSE '{}'::jsonb
+                      END AS profile_data,
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                      FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
+                                                                  p_distinct_id) AS identity,
+                                   floor(extract(epoch FROM p_changed_at))::bigint AS ts,
+                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                            OFFSET 0) y
+                    OFFSET 0) m
+            OFFSET 0) x
+     CROSS JOIN LATERAL (VALUES
+        (x.event, x.phone_dropped),
+        (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
+            'identity', x.identity, 'type', 'profile', 'ts', x.ts,
+            'profileData', x.profile_data) END,
+         false)) r(record, phone_dropped)
+     WHERE r.record IS NOT NULL
+$$;
+
+-- CleverTap: a member's stored Email, Phone or Name changed without a membership
+-- change; a profile record with the current values, when there is one to send.
+CREATE FUNCTION cohortsync._clevertap_profile_records(p_identity_property text, p_distinct_id text,
+                                                      p_properties jsonb, p_email text, p_phone text,
+                                                      p_first_name text, p_last_name text)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT m.identity,
+           jsonb_build_object('identity', m.identity, 'type', 'profile',
+                              'ts', floor(extract(epoch FROM now()))::bigint,
+                              'profileData', pd.profile_data),
+           m.phone IS NOT NULL AND NOT p.phone_ok
+      FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
+                                                  p_distinct_id) AS identity,
+                   cohortsync._normalize_phone(p_phone) AS phone) m
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._profile_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+                                          p_first_name, p_last_name) AS profile_data) pd
+     WHERE pd.profile_data <> '{}'::jsonb
+$$;
+
+-- Whether a destination of this kind is connected: the triggers' branch of a
+-- kind runs only then (its gate is evaluated once per statement).
+CREATE FUNCTION cohortsync._kind_connected(p_kind text)
+RETURNS boolean LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.kind = p_kind)
+$$;
+
+CREATE OR REPLACE FUNCTION cohortsync._queue_changes()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT cohortsync._queue_wanted() THEN
+        RETURN NULL;
+    END IF;
+    -- Within one statement every (cohort, member) changes once, so the records
+    -- of one identity made here commute; no ORDER BY (it would sort millions).
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+      FROM new_changes c
+      LEFT JOIN cohortsync.cohorts co
+             ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+      JOIN cohortsync.destinations d ON d.kind = 'clevertap'
+     CROSS JOIN LATERAL cohortsync._clevertap_records(
+                d.identity_property, d.event_name, d.cohorts_property, c.cohort_id,
+                coalesce(co.name, c.cohort_id), c.distinct_id, c.properties, c.change = 'added',
+                c.changed_at) r
+     WHERE cohortsync._kind_connected('clevertap');
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION cohortsync._queue_profile_updates()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT cohortsync._queue_wanted() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL, r.phone_dropped
+      FROM new_members nm
+      JOIN old_members om
+        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
+       AND om.distinct_id = nm.distinct_id
+      JOIN cohortsync.destinations d ON d.kind = 'clevertap'
+     CROSS JOIN LATERAL cohortsync._clevertap_profile_records(
+                d.identity_property, nm.distinct_id, nm.properties, nm.email, nm.phone,
+                nm.first_name, nm.last_name) r
+     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
+           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
+       AND cohortsync._kind_connected('clevertap');
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+REVOKE ALL ON FUNCTION cohortsync._clevertap_records(text, text, text, text, text, text, jsonb, boolean, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._clevertap_profile_records(text, text, jsonb, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._kind_connected(text) FROM PUBLIC;
+
 -------------------------------------------------------------------------------
 -- Backoff per destination (issue #13): the worker publishes, besides what it has
 -- in flight, how many requests of a destination failed in a row and when the next

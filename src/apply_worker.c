@@ -79,7 +79,7 @@ cs_apply_init(void)
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_apply_main");
 	snprintf(worker.bgw_name, BGW_MAXLEN, WORKER_NAME);
 	snprintf(worker.bgw_type, BGW_MAXLEN, WORKER_NAME);
-	RegisterBackgroundWorker(&worker);
+	cs_worker_register(&worker);
 }
 
 /*-------------------------------------------------------------------------

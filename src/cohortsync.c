@@ -35,9 +35,11 @@ _PG_init(void)
 	cs_change_origin_init();
 	cs_history_prune_init();
 	cs_worker_db_init();
+	/* workers cohortsync cannot do without first: see cs_worker_check_slots */
 	cs_delivery_init();
-	cs_http_listener_init();
 	cs_apply_init();
+	cs_http_listener_init();
+	cs_worker_check_slots();
 
 	MarkGUCPrefixReserved("cohortsync");
 }

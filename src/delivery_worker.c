@@ -133,7 +133,7 @@ cs_delivery_init(void)
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_delivery_main");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "cohortsync delivery");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "cohortsync delivery");
-	RegisterBackgroundWorker(&worker);
+	cs_worker_register(&worker);
 }
 
 /*-------------------------------------------------------------------------

@@ -51,6 +51,7 @@
 #include "http_listener.h"
 #include "http_pool.h"
 #include "pg_compat.h"
+#include "worker_db.h"
 
 /* Idle or stalled connections are closed after this many seconds. */
 #define CS_HTTP_CONNECTION_TIMEOUT 60
@@ -243,7 +244,7 @@ cs_http_listener_init(void)
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_http_acceptor_main");
 	snprintf(worker.bgw_name, BGW_MAXLEN, CS_HTTP_ACCEPTOR_NAME);
 	snprintf(worker.bgw_type, BGW_MAXLEN, CS_HTTP_ACCEPTOR_NAME);
-	RegisterBackgroundWorker(&worker);
+	cs_worker_register(&worker);
 
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cs_http_worker_main");
 	snprintf(worker.bgw_type, BGW_MAXLEN, CS_HTTP_WORKER_NAME);
@@ -251,7 +252,7 @@ cs_http_listener_init(void)
 	{
 		snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", CS_HTTP_WORKER_NAME, i + 1);
 		worker.bgw_main_arg = Int32GetDatum(i);
-		RegisterBackgroundWorker(&worker);
+		cs_worker_register(&worker);
 	}
 }
 

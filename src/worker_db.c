@@ -75,6 +75,9 @@ static CsWorkerShared *cs_workers = NULL;
 /* Which process of its kind this one is. */
 static int	my_instance = 0;
 
+/* Workers registered by cs_worker_register, while preloading. */
+static int	workers_requested = 0;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
@@ -274,6 +277,35 @@ cs_worker_db_init(void)
 	shmem_startup_hook = worker_db_shmem_startup;
 	prev_process_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = worker_db_process_utility;
+}
+
+void
+cs_worker_register(BackgroundWorker *worker)
+{
+	workers_requested++;
+	RegisterBackgroundWorker(worker);
+}
+
+/*
+ * The postmaster registers a worker beyond max_worker_processes with a LOG line
+ * only, and never starts it. The parts register the workers cohortsync cannot
+ * do without first (delivery, apply), so the listener's pool is what is cut,
+ * and this says so where a DBA looks.
+ */
+void
+cs_worker_check_slots(void)
+{
+	if (!process_shared_preload_libraries_in_progress ||
+		workers_requested <= max_worker_processes)
+		return;
+	ereport(WARNING,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("cohortsync needs %d background workers, but max_worker_processes is %d",
+					workers_requested, max_worker_processes),
+			 errdetail("The webhook listener's workers beyond the limit will not start; "
+					   "other extensions, parallel query and logical replication share the same slots."),
+			 errhint("Raise max_worker_processes to at least %d plus what else uses it, "
+					 "or lower cohortsync.http_workers.", workers_requested)));
 }
 
 /*-------------------------------------------------------------------------

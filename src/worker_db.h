@@ -9,6 +9,7 @@
 #define COHORTSYNC_WORKER_DB_H
 
 #include "pg_compat.h"
+#include "postmaster/bgworker.h"
 
 typedef enum CsWorkerKind
 {
@@ -23,6 +24,13 @@ typedef enum CsWorkerKind
 
 /* _PG_init, while preloading: shared memory and the DROP DATABASE hook */
 extern void cs_worker_db_init(void);
+
+/*
+ * Register a worker while preloading, counting it; after every part has,
+ * cs_worker_check_slots() warns when max_worker_processes cannot hold them all.
+ */
+extern void cs_worker_register(BackgroundWorker *worker);
+extern void cs_worker_check_slots(void);
 
 /*
  * Which of the processes of its kind the caller is (0, the default, for a

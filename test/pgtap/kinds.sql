@@ -3,7 +3,7 @@
 -- per kind (_read_answer) and the generic outcome (_record_outcome).
 BEGIN;
 SET client_min_messages = warning;
-SELECT plan(40);
+SELECT plan(41);
 
 -------------------------------------------------------------------------------
 -- limits and hosts
@@ -167,6 +167,22 @@ SELECT cohortsync.disconnect_clevertap('ct');
 SELECT is(cohortsync._record_outcome('ct', ARRAY[(SELECT id FROM q WHERE pos = 6)], 200,
             '{"status": "success"}', NULL, '3 days', '1 minute'),
           'done', 'the outcome of a request to a destination disconnected meanwhile: nothing left to do');
+
+-------------------------------------------------------------------------------
+-- the builders are inlined into the triggers' statement: no call per row
+-------------------------------------------------------------------------------
+CREATE FUNCTION pg_temp.plan_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE r text; p text := '';
+BEGIN
+  FOR r IN EXECUTE 'EXPLAIN (COSTS OFF) ' || q LOOP p := p || r || E'\n'; END LOOP;
+  RETURN p;
+END $$;
+SELECT unalike(pg_temp.plan_of($$
+    SELECT d.name, r.* FROM cohortsync.membership_changes c
+      JOIN cohortsync.destinations d ON d.kind = 'clevertap'
+     CROSS JOIN LATERAL cohortsync._clevertap_records(d.identity_property, d.event_name, d.cohorts_property,
+                c.cohort_id, c.cohort_id, c.distinct_id, c.properties, c.change = 'added', c.changed_at) r$$),
+  '%Function Scan%', 'the CleverTap builder is inlined');
 
 SELECT * FROM finish();
 ROLLBACK;

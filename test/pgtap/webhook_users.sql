@@ -40,7 +40,7 @@ SELECT throws_ok($$SELECT cohortsync.add_webhook_user('someone', '')$$, '22023',
 SELECT is((SELECT proconfig FROM pg_proc
             WHERE oid = 'cohortsync.add_webhook_user(text,text)'::regprocedure),
           ARRAY['log_min_error_statement=panic', 'log_min_messages=warning'],
-          'a failed add_webhook_user call is not logged with its statement (the password), nor its messages');
+          'add_webhook_user logs neither a failed call''s statement nor messages raised inside it (both may quote the password)');
 
 -- drop
 SELECT lives_ok($$SELECT cohortsync.drop_webhook_user('mixpanel-eu')$$, 'drop_webhook_user drops a user');
