@@ -625,7 +625,10 @@ ALTER FUNCTION cohortsync.add_webhook_user(text, text)
 -- and every answer through _read_answer(kind, ...), the one place an HTTP status
 -- and body are read; _record_outcome applies the verdict generically, honours
 -- Retry-After, and says 'requeued' when records stay queued for a retry (the
--- worker no longer looks for "555" in the body).
+-- worker no longer looks for "555" in the body). The outbox triggers build
+-- records per kind: one set-based builder per kind, inlined into the trigger's
+-- INSERT ... SELECT, one branch per kind, run only when a destination of the
+-- kind is connected. CleverTap's records are the same.
 -------------------------------------------------------------------------------
 
 -- A kind's limits, the one place they are written: records per request and
@@ -656,7 +659,9 @@ AS $$
                  WHEN region IN ('in1', 'sg1', 'us1', 'aps3', 'mec1') THEN region || '.api.clevertap.com'
             END
         WHEN 'mparticle' THEN
-            CASE WHEN region IN ('us1', 'us2', 'eu1', 'au1') THEN 's2s.' || region || '.mparticle.com' END
+            CASE WHEN region = 'us1' THEN 's2s.mparticle.com'
+                 WHEN region IN ('us2', 'eu1', 'au1') THEN 's2s.' || region || '.mparticle.com'
+            END
         WHEN 'braze' THEN
             CASE WHEN region IN ('US-01', 'US-02', 'US-03', 'US-04', 'US-05', 'US-06', 'US-07', 'US-08')
                  THEN 'rest.iad-' || right(region, 2) || '.braze.com'
@@ -724,6 +729,594 @@ BEGIN
 END
 $$;
 
+-- What every connect_* function does once its kind's arguments are checked:
+-- refuse a name in use, warn when the secret would cross the network in clear
+-- text (an http:// api_url to a host other than this one), store the
+-- destination, its secret and its counters.
+CREATE FUNCTION cohortsync._add_destination(p_name text, p_kind text, p_account_id text,
+                                            p_secret text, p_region text, p_api_url text,
+                                            p_identity_property text, p_settings jsonb)
+RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning
+AS $$
+BEGIN
+    IF p_name IS NULL OR p_name = '' THEN
+        RAISE EXCEPTION 'a destination needs a name' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_api_url IS NOT NULL AND p_api_url !~ '^https?://[^/]' THEN
+        RAISE EXCEPTION 'api_url must start with https:// or http://'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = p_name) THEN
+        RAISE EXCEPTION 'destination "%" already exists', p_name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Use cohortsync.set_destination_secret() to change its secret.';
+    END IF;
+    IF p_api_url ~* '^http://'
+       AND p_api_url !~* '^http://(localhost|127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\])(:[0-9]+)?(/|$)' THEN
+        RAISE WARNING 'destination "%" sends its secret unencrypted', p_name
+            USING DETAIL = format('api_url %s is plain HTTP to a host other than this one.', p_api_url),
+                  HINT = 'Use https:// unless every network between here and that host is trusted.';
+    END IF;
+    INSERT INTO cohortsync.destinations (name, kind, account_id, region, api_url, identity_property,
+                                         settings)
+        VALUES (p_name, p_kind, p_account_id, p_region, p_api_url, p_identity_property, p_settings);
+    INSERT INTO cohortsync.destination_secrets (name, passcode) VALUES (p_name, p_secret);
+    INSERT INTO cohortsync.destination_stats (destination) VALUES (p_name)
+        ON CONFLICT (destination) DO NOTHING;
+END
+$$;
+
+-- Connect an mParticle input feed (its server-to-server key and secret) in a
+-- pod: us1, us2, eu1, au1.
+CREATE FUNCTION cohortsync.connect_mparticle(name text, api_key text, api_secret text,
+                                             pod text DEFAULT 'us1', api_url text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning
+AS $$
+BEGIN
+    IF api_key IS NULL OR api_key = '' THEN
+        RAISE EXCEPTION 'an mParticle destination needs the input feed''s API key'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF api_secret IS NULL OR api_secret = '' THEN
+        RAISE EXCEPTION 'an mParticle destination needs the input feed''s API secret'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cohortsync._region_host('mparticle', pod) IS NULL THEN
+        RAISE EXCEPTION 'unknown mParticle pod "%"', pod
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The pod is one of us1, us2, eu1, au1: the one your mParticle workspace is in.';
+    END IF;
+    PERFORM cohortsync._add_destination(name, 'mparticle', api_key, api_secret, pod, api_url,
+                                        '$mparticle_user_id', '{"environment": "production"}');
+END
+$$;
+
+COMMENT ON FUNCTION cohortsync.connect_mparticle(text, text, text, text, text) IS
+    'Connect an mParticle input feed (Events API): changes recorded from now on are delivered to it.';
+
+-- Connect a Braze workspace (a REST API key with the users.track permission) on
+-- an instance: US-01 ... US-08, US-10, EU-01, EU-02, AU-01.
+CREATE FUNCTION cohortsync.connect_braze(name text, api_key text, instance text,
+                                         api_url text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning
+AS $$
+BEGIN
+    IF api_key IS NULL OR api_key = '' THEN
+        RAISE EXCEPTION 'a Braze destination needs a REST API key'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cohortsync._region_host('braze', upper(instance)) IS NULL THEN
+        RAISE EXCEPTION 'unknown Braze instance "%"', instance
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The instance is one of US-01 ... US-08, US-10, EU-01, EU-02, AU-01, as '
+                         'Braze''s dashboard shows it; for another, pass its REST endpoint as api_url.';
+    END IF;
+    PERFORM cohortsync._add_destination(name, 'braze', NULL, api_key, upper(instance), api_url,
+                                        '$braze_external_id', '{}');
+END
+$$;
+
+COMMENT ON FUNCTION cohortsync.connect_braze(text, text, text, text) IS
+    'Connect a Braze workspace (POST /users/track): changes recorded from now on are delivered to it.';
+
+-- Change what is sent to a destination and how. NULL leaves a value as it is.
+--   settings      merged into the destination's settings; a key set to JSON null
+--                 is removed. mParticle: "environment" (production | development).
+--                 Braze: "event_name" (the custom event sent with every change;
+--                 absent: none).
+--   batch_size, max_inflight   0 returns to cohortsync.batch_size /
+--                 cohortsync.max_inflight; never above the kind's limits.
+--   identity_property   the member property that identifies the user at the
+--                 destination ($CleverTap_user_id, $mparticle_user_id,
+--                 $braze_external_id by default).
+CREATE FUNCTION cohortsync.configure_destination(name text, settings jsonb DEFAULT NULL,
+                                                 batch_size integer DEFAULT NULL,
+                                                 max_inflight integer DEFAULT NULL,
+                                                 identity_property text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d       cohortsync.destinations;
+    v_new   jsonb;
+    v_limit record;
+BEGIN
+    SELECT * INTO d FROM cohortsync.destinations x WHERE x.name = configure_destination.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF settings IS NOT NULL AND jsonb_typeof(settings) <> 'object' THEN
+        RAISE EXCEPTION 'settings must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_new := jsonb_strip_nulls(d.settings || coalesce(settings, '{}'));
+    IF EXISTS (SELECT FROM jsonb_object_keys(v_new) k
+                WHERE k <> coalesce(CASE d.kind WHEN 'mparticle' THEN 'environment'
+                                                WHEN 'braze' THEN 'event_name' END, '')) THEN
+        RAISE EXCEPTION 'a % destination has no setting %', d.kind,
+              (SELECT string_agg(quote_literal(k), ', ') FROM jsonb_object_keys(v_new) k
+                WHERE k <> coalesce(CASE d.kind WHEN 'mparticle' THEN 'environment'
+                                                WHEN 'braze' THEN 'event_name' END, ''))
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'mParticle has "environment"; Braze has "event_name"; CleverTap has none.';
+    END IF;
+    IF d.kind = 'mparticle' AND v_new ->> 'environment' NOT IN ('production', 'development') THEN
+        RAISE EXCEPTION 'mParticle''s environment is production or development, not %', v_new -> 'environment'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF d.kind = 'braze' AND (jsonb_typeof(v_new -> 'event_name') <> 'string' OR v_new ->> 'event_name' = '') THEN
+        RAISE EXCEPTION 'Braze''s event_name is a non-empty string (null: no event)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_limit := cohortsync._kind_limits(d.kind);
+    IF batch_size < 0 OR batch_size > v_limit.max_batch THEN
+        RAISE EXCEPTION 'batch_size % is out of range for a % destination', batch_size, d.kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('A request carries 1 to %s records (0: cohortsync.batch_size).', v_limit.max_batch);
+    END IF;
+    IF max_inflight < 0 OR max_inflight > v_limit.max_inflight THEN
+        RAISE EXCEPTION 'max_inflight % is out of range for a % destination', max_inflight, d.kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('1 to %s requests in flight (0: cohortsync.max_inflight).', v_limit.max_inflight);
+    END IF;
+    IF identity_property = '' THEN
+        RAISE EXCEPTION 'identity_property must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE cohortsync.destinations x
+       SET settings = v_new,
+           batch_size = CASE configure_destination.batch_size WHEN 0 THEN NULL
+                             ELSE coalesce(configure_destination.batch_size, x.batch_size) END,
+           max_inflight = CASE configure_destination.max_inflight WHEN 0 THEN NULL
+                               ELSE coalesce(configure_destination.max_inflight, x.max_inflight) END,
+           identity_property = coalesce(configure_destination.identity_property, x.identity_property)
+     WHERE x.name = configure_destination.name;
+    PERFORM cohortsync._wake_delivery();
+END
+$$;
+
+COMMENT ON FUNCTION cohortsync.configure_destination(text, jsonb, integer, integer, text) IS
+    'Change a destination''s kind-specific settings, batch_size, max_inflight or identity property (NULL: unchanged).';
+
+-- Disconnect a destination of any kind and forget everything queued or failed for it.
+CREATE FUNCTION cohortsync.disconnect_destination(name text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM cohortsync.destinations d WHERE d.name = disconnect_destination.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    DELETE FROM cohortsync.outbox o WHERE o.destination = disconnect_destination.name;
+    DELETE FROM cohortsync.failed_records f WHERE f.destination = disconnect_destination.name;
+    DELETE FROM cohortsync.destination_stats s WHERE s.destination = disconnect_destination.name;
+END
+$$;
+
+COMMENT ON FUNCTION cohortsync.disconnect_destination(text) IS
+    'Disconnect a destination (any kind) and forget everything queued or failed for it.';
+
+-- Store the secret of a destination of any kind (CleverTap's passcode,
+-- mParticle's API secret, Braze's REST API key), also of one without a row in
+-- destination_secrets (a restore that left the secrets out: see README).
+CREATE FUNCTION cohortsync.set_destination_secret(name text, secret text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning
+AS $$
+BEGIN
+    IF secret IS NULL OR secret = '' THEN
+        RAISE EXCEPTION 'a destination needs a secret' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = set_destination_secret.name) THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO cohortsync.destination_secrets AS s (name, passcode)
+    VALUES (set_destination_secret.name, set_destination_secret.secret)
+        ON CONFLICT ON CONSTRAINT destination_secrets_pkey
+        DO UPDATE SET passcode = EXCLUDED.passcode;
+    PERFORM cohortsync._wake_delivery();
+END
+$$;
+
+COMMENT ON FUNCTION cohortsync.set_destination_secret(text, text) IS
+    'Change the secret of a destination of any kind (it stays paused if it was: resume it).';
+
+-- Queue the current membership (all cohorts, one project's, or one cohort) for
+-- one destination, as additions built by its kind's builder: a destination
+-- connected after members existed, or restored from scratch, converges. Only
+-- what is idempotent at the receiver is sent: CleverTap's profile records
+-- ($add to the cohorts property, the fields), not its events; Braze's
+-- attributes, not its custom events; mParticle's flags. Returns how many
+-- records were queued.
+CREATE FUNCTION cohortsync.resync_destination(name text, project_id text DEFAULT NULL,
+                                              cohort_id text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d cohortsync.destinations;
+    n bigint;
+BEGIN
+    SELECT * INTO d FROM cohortsync.destinations x WHERE x.name = resync_destination.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+      FROM cohortsync.members m
+      LEFT JOIN cohortsync.cohorts co
+             ON co.project_id = m.project_id AND co.cohort_id = m.cohort_id
+     CROSS JOIN LATERAL (
+        SELECT c.identity, c.record, c.phone_dropped
+          FROM cohortsync._clevertap_records(
+                   d.identity_property, d.event_name, d.cohorts_property, m.cohort_id,
+                   coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) c
+         WHERE d.kind = 'clevertap' AND c.record ->> 'type' = 'profile'
+        UNION ALL
+        SELECT p.identity, p.record, p.phone_dropped
+          FROM cohortsync._mparticle_records(
+                   d.identity_property, d.settings, coalesce(co.name, m.cohort_id), m.distinct_id,
+                   m.properties, true) p
+         WHERE d.kind = 'mparticle'
+        UNION ALL
+        SELECT b.identity, b.record, b.phone_dropped
+          FROM cohortsync._braze_records(
+                   d.identity_property, d.cohorts_property, d.settings, m.cohort_id,
+                   coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) b
+         WHERE d.kind = 'braze' AND b.record ? 'attributes') r
+     WHERE (resync_destination.project_id IS NULL OR m.project_id = resync_destination.project_id)
+       AND (resync_destination.cohort_id IS NULL OR m.cohort_id = resync_destination.cohort_id);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION cohortsync.resync_destination(text, text, text) IS
+    'Queue the current membership (all, one project''s, or one cohort''s) for one destination as additions; returns how many records.';
+
+-- Records per kind. Each kind has a set-based builder: a plain SQL function
+-- without SET clauses, so that the planner inlines it into the triggers'
+-- INSERT ... SELECT (and resync_destination's) as a subquery: no call per row.
+-- It takes one change of one member for one destination (the destination's
+-- settings, the cohort, the member as the change recorded it, added or removed,
+-- when) and returns the outbox rows it makes, each with its identity (the
+-- per-identity order key, before _identity_key) and the record exactly as it
+-- goes into the request.
+
+-- CleverTap: an event record ("Partner Sync", the five properties the seed
+-- names) and, when it has anything to set, a profile record (the cohorts
+-- property's $add / $remove, and on an addition Email, Phone and Name). A phone
+-- that is not E.164 is left out and counted (phone_dropped, on the event row).
+--
+-- The subquery x computes both records once; OFFSET 0 keeps the planner from
+-- pulling it up into the VALUES list, which would evaluate its expressions once
+-- per reference.
+CREATE FUNCTION cohortsync._clevertap_records(p_identity_property text, p_event_name text,
+                                              p_cohorts_property text, p_cohort_id text,
+                                              p_cohort_name text, p_distinct_id text,
+                                              p_properties jsonb, p_added boolean,
+                                              p_changed_at timestamptz)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT x.identity, r.record, r.phone_dropped
+      FROM (SELECT m.identity, m.ts,
+                   jsonb_build_object(
+                       'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', p_event_name,
+                       'evtData', jsonb_build_object(
+                           'Partner Segment Name', p_cohort_name,
+                           'Action', CASE WHEN p_added THEN 'Added' ELSE 'Removed' END,
+                           'Partner Segment ID', p_cohort_id,
+                           'CT Source', 'Mixpanel',
+                           'Partner Name', 'Mixpanel')) AS event,
+                   CASE WHEN p_cohorts_property IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object(p_cohorts_property,
+                                 jsonb_build_object(CASE WHEN p_added THEN '$add' ELSE '$remove' END,
+                                                    jsonb_build_array(p_cohort_name)))
+                   END
+                   || CASE WHEN p_added THEN cohortsync._profile_fields(
+                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
+                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                           ELSE '{}'::jsonb
+                      END AS profile_data,
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                      FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
+                                                                  p_distinct_id) AS identity,
+                                   floor(extract(epoch FROM p_changed_at))::bigint AS ts,
+                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                            OFFSET 0) y
+                    OFFSET 0) m
+            OFFSET 0) x
+     CROSS JOIN LATERAL (VALUES
+        (x.event, x.phone_dropped),
+        (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
+            'identity', x.identity, 'type', 'profile', 'ts', x.ts,
+            'profileData', x.profile_data) END,
+         false)) r(record, phone_dropped)
+     WHERE r.record IS NOT NULL
+$$;
+
+-- CleverTap: a member's stored Email, Phone or Name changed without a membership
+-- change; a profile record with the current values, when there is one to send.
+CREATE FUNCTION cohortsync._clevertap_profile_records(p_identity_property text, p_distinct_id text,
+                                                      p_properties jsonb, p_email text, p_phone text,
+                                                      p_first_name text, p_last_name text)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT m.identity,
+           jsonb_build_object('identity', m.identity, 'type', 'profile',
+                              'ts', floor(extract(epoch FROM now()))::bigint,
+                              'profileData', pd.profile_data),
+           m.phone IS NOT NULL AND NOT p.phone_ok
+      FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
+                                                  p_distinct_id) AS identity,
+                   cohortsync._normalize_phone(p_phone) AS phone) m
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._profile_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+                                          p_first_name, p_last_name) AS profile_data) pd
+     WHERE pd.profile_data <> '{}'::jsonb
+$$;
+
+-- mParticle: the MPID in a member property (by default $mparticle_user_id, as
+-- the seed names it) as an exact number: a JSON number or a string of digits,
+-- a signed 64-bit integer other than 0. Built from the numeric text, never
+-- through float8: MPIDs can be negative and beyond 2^53. NULL when it is not one.
+CREATE FUNCTION cohortsync._mparticle_mpid(value text)
+RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN value ~ '^\s*-?[0-9]{1,19}\s*$' THEN
+               CASE WHEN value::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+                         AND value::numeric <> 0
+                    THEN value::numeric END
+           END
+$$;
+
+-- mParticle: one batch per change, the cohort as a boolean user attribute (true
+-- on joining, false on leaving). The user is the member's MPID (top-level mpid)
+-- when it has a valid one, else its distinct id as customer_id.
+CREATE FUNCTION cohortsync._mparticle_records(p_identity_property text, p_settings jsonb,
+                                              p_cohort_name text, p_distinct_id text,
+                                              p_properties jsonb, p_added boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(m.mpid::text, p_distinct_id),
+           jsonb_build_object('environment', coalesce(p_settings ->> 'environment', 'production'),
+                              'user_attributes', jsonb_build_object(p_cohort_name, p_added))
+           || CASE WHEN m.mpid IS NOT NULL THEN jsonb_build_object('mpid', m.mpid)
+                   ELSE jsonb_build_object('user_identities',
+                                           jsonb_build_object('customer_id', p_distinct_id))
+              END,
+           false
+      FROM (SELECT cohortsync._mparticle_mpid(p_properties ->> p_identity_property) AS mpid
+            OFFSET 0) m
+$$;
+
+-- Braze's profile fields (email, phone, first_name, last_name); empty values
+-- are left out. phone is sent as given: pass NULL for one that is not E.164.
+CREATE FUNCTION cohortsync._braze_fields(email text, phone text, first_name text, last_name text)
+RETURNS jsonb LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'email', nullif(email, ''),
+               'phone', phone,
+               'first_name', nullif(first_name, ''),
+               'last_name', nullif(last_name, '')))
+$$;
+
+-- Braze: per change an attributes object for the member's external id (the
+-- identity property, by default $braze_external_id, else the distinct id): the
+-- cohort added to or removed from the "Mixpanel Cohorts" array and, on an
+-- addition, email, phone and names. With settings.event_name, also a custom
+-- event of that name (its own row), with the cohort and the action. A phone
+-- that is not E.164 is left out and counted, as for CleverTap.
+CREATE FUNCTION cohortsync._braze_records(p_identity_property text, p_cohorts_property text,
+                                          p_settings jsonb, p_cohort_id text, p_cohort_name text,
+                                          p_distinct_id text, p_properties jsonb, p_added boolean,
+                                          p_changed_at timestamptz)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT x.identity, r.record, r.phone_dropped
+      FROM (SELECT m.identity,
+                   jsonb_build_object('external_id', m.identity)
+                   || CASE WHEN p_cohorts_property IS NULL THEN '{}'::jsonb
+                           ELSE jsonb_build_object(p_cohorts_property,
+                                    jsonb_build_object(CASE WHEN p_added THEN 'add' ELSE 'remove' END,
+                                                       jsonb_build_array(p_cohort_name)))
+                      END
+                   || CASE WHEN p_added THEN cohortsync._braze_fields(
+                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
+                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                           ELSE '{}'::jsonb
+                      END AS attributes,
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                      FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
+                                            p_distinct_id) AS identity,
+                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                            OFFSET 0) y
+                    OFFSET 0) m
+            OFFSET 0) x
+     CROSS JOIN LATERAL (VALUES
+        (CASE WHEN x.attributes - 'external_id' <> '{}'::jsonb
+              THEN jsonb_build_object('attributes', x.attributes) END,
+         x.phone_dropped),
+        (CASE WHEN p_settings ->> 'event_name' IS NOT NULL THEN jsonb_build_object('events',
+            jsonb_build_object(
+                'external_id', x.identity,
+                'name', p_settings ->> 'event_name',
+                'time', to_char(p_changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                'properties', jsonb_build_object(
+                    'cohort_name', p_cohort_name, 'cohort_id', p_cohort_id,
+                    'action', CASE WHEN p_added THEN 'added' ELSE 'removed' END))) END,
+         false)) r(record, phone_dropped)
+     WHERE r.record IS NOT NULL
+$$;
+
+-- Braze: a member's stored email, phone or names changed without a membership
+-- change: an attributes object with the current values.
+CREATE FUNCTION cohortsync._braze_profile_records(p_identity_property text, p_distinct_id text,
+                                                  p_properties jsonb, p_email text, p_phone text,
+                                                  p_first_name text, p_last_name text)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT m.identity,
+           jsonb_build_object('attributes', jsonb_build_object('external_id', m.identity) || pd.fields),
+           m.phone IS NOT NULL AND NOT p.phone_ok
+      FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
+                            p_distinct_id) AS identity,
+                   cohortsync._normalize_phone(p_phone) AS phone) m
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (
+        SELECT cohortsync._braze_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+                                        p_first_name, p_last_name) AS fields) pd
+     WHERE pd.fields <> '{}'::jsonb
+$$;
+
+-- Whether a destination of this kind is connected: the triggers' branch of a
+-- kind runs only then (its gate is evaluated once per statement).
+CREATE FUNCTION cohortsync._kind_connected(p_kind text)
+RETURNS boolean LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.kind = p_kind)
+$$;
+
+CREATE OR REPLACE FUNCTION cohortsync._queue_changes()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT cohortsync._queue_wanted() THEN
+        RETURN NULL;
+    END IF;
+    -- Within one statement every (cohort, member) changes once, so the records
+    -- of one identity made here commute; no ORDER BY (it would sort millions).
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+      FROM new_changes c
+      LEFT JOIN cohortsync.cohorts co
+             ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+      JOIN cohortsync.destinations d ON d.kind = 'clevertap'
+     CROSS JOIN LATERAL cohortsync._clevertap_records(
+                d.identity_property, d.event_name, d.cohorts_property, c.cohort_id,
+                coalesce(co.name, c.cohort_id), c.distinct_id, c.properties, c.change = 'added',
+                c.changed_at) r
+     WHERE cohortsync._kind_connected('clevertap')
+    UNION ALL
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+      FROM new_changes c
+      LEFT JOIN cohortsync.cohorts co
+             ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+      JOIN cohortsync.destinations d ON d.kind = 'mparticle'
+     CROSS JOIN LATERAL cohortsync._mparticle_records(
+                d.identity_property, d.settings, coalesce(co.name, c.cohort_id), c.distinct_id,
+                c.properties, c.change = 'added') r
+     WHERE cohortsync._kind_connected('mparticle')
+    UNION ALL
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+      FROM new_changes c
+      LEFT JOIN cohortsync.cohorts co
+             ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
+      JOIN cohortsync.destinations d ON d.kind = 'braze'
+     CROSS JOIN LATERAL cohortsync._braze_records(
+                d.identity_property, d.cohorts_property, d.settings, c.cohort_id,
+                coalesce(co.name, c.cohort_id), c.distinct_id, c.properties, c.change = 'added',
+                c.changed_at) r
+     WHERE cohortsync._kind_connected('braze');
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION cohortsync._queue_profile_updates()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT cohortsync._queue_wanted() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+      FROM new_members nm
+      JOIN old_members om
+        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
+       AND om.distinct_id = nm.distinct_id
+      JOIN cohortsync.destinations d ON d.kind = 'clevertap'
+     CROSS JOIN LATERAL cohortsync._clevertap_profile_records(
+                d.identity_property, nm.distinct_id, nm.properties, nm.email, nm.phone,
+                nm.first_name, nm.last_name) r
+     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
+           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
+       AND cohortsync._kind_connected('clevertap')
+    UNION ALL
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+      FROM new_members nm
+      JOIN old_members om
+        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
+       AND om.distinct_id = nm.distinct_id
+      JOIN cohortsync.destinations d ON d.kind = 'braze'
+     CROSS JOIN LATERAL cohortsync._braze_profile_records(
+                d.identity_property, nm.distinct_id, nm.properties, nm.email, nm.phone,
+                nm.first_name, nm.last_name) r
+     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
+           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
+       AND cohortsync._kind_connected('braze');
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- The destinations the worker sends to, with everything it needs: the active
 -- destinations that have a secret, where their requests go, and how many records
 -- a request carries and how many requests may be in flight, already the
@@ -787,6 +1380,12 @@ BEGIN
     IF p_kind = 'clevertap' THEN
         SELECT * INTO verdict, refused_ids, refused_codes, refused_messages, retry_ids, error
           FROM cohortsync._clevertap_answer(p_http, p_body, v_body, coalesce(p_ids, '{}'));
+    ELSIF p_kind = 'mparticle' THEN
+        SELECT * INTO verdict, refused_ids, refused_codes, refused_messages, retry_ids, error
+          FROM cohortsync._mparticle_answer(p_http, p_body, v_body, coalesce(p_ids, '{}'));
+    ELSIF p_kind = 'braze' THEN
+        SELECT * INTO verdict, refused_ids, refused_codes, refused_messages, retry_ids, error
+          FROM cohortsync._braze_answer(p_http, p_body, v_body, coalesce(p_ids, '{}'));
     ELSE
         RAISE EXCEPTION 'unknown destination kind "%"', p_kind
             USING ERRCODE = 'invalid_parameter_value';
@@ -849,16 +1448,24 @@ BEGIN
         -- some record made the whole request malformed: find it by halving
         verdict := 'split';
 
+    ELSIF p_http = 400 AND cardinality(p_ids) = 0 THEN
+        -- the connection test's empty upload: read by CleverTap when the 400 is
+        -- CleverTap's own error body
+        IF v_body ->> 'code' = '400' THEN
+            verdict := 'accepted';
+        ELSE
+            verdict := 'pause';
+            error := 'CleverTap answered HTTP 400: '
+                     || coalesce(v_body ->> 'error', nullif(left(p_body, 200), ''), 'no body')
+                     || ' (check the region and api_url, then resume the destination)';
+        END IF;
+
     ELSIF p_http = 400 THEN
         verdict := 'partial';
         refused_ids := p_ids;
-        refused_codes := array_fill(400, ARRAY[cardinality(p_ids)]);
-        refused_messages := array_fill('HTTP 400: ' || coalesce(v_body ->> 'error', left(p_body, 200),
-                                                                 'bad request'),
-                                       ARRAY[cardinality(p_ids)]);
-        IF cardinality(p_ids) = 0 THEN
-            error := 'HTTP 400: ' || coalesce(v_body ->> 'error', left(p_body, 200), 'bad request');
-        END IF;
+        refused_codes := ARRAY[400];
+        refused_messages := ARRAY['HTTP 400: ' || coalesce(v_body ->> 'error', left(p_body, 200),
+                                                            'bad request')];
 
     ELSIF p_http IN (401, 403) THEN
         -- wrong account id, passcode or region: nothing will go through until a
@@ -878,6 +1485,172 @@ BEGIN
             ELSE format('HTTP %s: %s', p_http,
                         coalesce(v_body ->> 'error', nullif(left(p_body, 200), ''), 'no body'))
             END;
+    END IF;
+END
+$$;
+
+-- mParticle's answers (docs/destination-apis.md): 202 accepts the whole
+-- request, with no per-batch result; 400 (and 413, too large) refuses the whole
+-- request without naming a batch; 401 and 403 bad key or secret; 429 and 503 to
+-- retry after Retry-After or a back-off. A request without batches (the
+-- connection test) is connected when a 400 comes in mParticle's error shape.
+CREATE FUNCTION cohortsync._mparticle_answer(p_http integer, p_body text, v_body jsonb,
+                                             p_ids bigint[],
+                                             OUT verdict text, OUT refused_ids bigint[],
+                                             OUT refused_codes integer[], OUT refused_messages text[],
+                                             OUT retry_ids bigint[], OUT error text)
+RETURNS record LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_reason text := coalesce(CASE WHEN jsonb_typeof(v_body -> 'errors') = 'array'
+                                   THEN v_body -> 'errors' -> 0 ->> 'message' END,
+                              CASE WHEN jsonb_typeof(v_body) = 'object' THEN v_body ->> 'message' END,
+                              nullif(left(p_body, 200), ''));
+BEGIN
+    refused_ids := '{}';
+    refused_codes := '{}';
+    refused_messages := '{}';
+    retry_ids := '{}';
+
+    IF p_http BETWEEN 200 AND 299 THEN
+        verdict := 'accepted';
+
+    ELSIF p_http IN (400, 413) AND cardinality(p_ids) > 1 THEN
+        -- an answer for the whole request: find the batch by halving
+        verdict := 'split';
+
+    ELSIF p_http IN (400, 413) AND cardinality(p_ids) = 1 THEN
+        verdict := 'partial';
+        refused_ids := p_ids;
+        refused_codes := ARRAY[p_http];
+        refused_messages := ARRAY[format('HTTP %s: %s', p_http, coalesce(v_reason, 'bad request'))];
+
+    ELSIF p_http = 400 AND jsonb_typeof(v_body -> 'errors') = 'array' THEN
+        verdict := 'accepted';      -- the connection test's empty batch, read by mParticle
+
+    ELSIF p_http IN (400, 401, 403, 404, 413) THEN
+        verdict := 'pause';
+        error := format('mParticle answered HTTP %s: %s', p_http,
+                        coalesce(v_reason, CASE WHEN p_http IN (401, 403) THEN 'authentication failed'
+                                                ELSE 'no body' END))
+                 || ' (check the API key, API secret and pod, then resume the destination)';
+
+    ELSE
+        verdict := 'retry';
+        retry_ids := p_ids;
+        error := CASE WHEN p_http = 0 THEN 'no answer'
+                      ELSE format('HTTP %s: %s', p_http, coalesce(v_reason, 'no body')) END;
+    END IF;
+END
+$$;
+
+-- Braze's answers (docs/destination-apis.md): 201 success; 201 with "errors"
+-- naming refused objects by input_array and 0-based index (the others were
+-- processed); 202 "queued" (accepted, processed later); 400 with "errors" naming
+-- each refused object (nothing was processed: the others are sent again);
+-- 401, 403 and 404 an unusable key or account; 429 and 5xx to retry. The claimed
+-- records map an index back to an id: the request carries the "attributes" rows
+-- and the "events" rows of p_ids each in p_ids' order.
+CREATE FUNCTION cohortsync._braze_answer(p_http integer, p_body text, v_body jsonb,
+                                         p_ids bigint[],
+                                         OUT verdict text, OUT refused_ids bigint[],
+                                         OUT refused_codes integer[], OUT refused_messages text[],
+                                         OUT retry_ids bigint[], OUT error text)
+RETURNS record LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_errors     jsonb := CASE WHEN jsonb_typeof(v_body -> 'errors') = 'array' THEN v_body -> 'errors'
+                               ELSE '[]' END;
+    v_unnamed    integer;
+    v_reason     text := coalesce(CASE WHEN jsonb_typeof(v_body) = 'object' THEN v_body ->> 'message' END,
+                                  nullif(left(p_body, 200), ''));
+BEGIN
+    refused_ids := '{}';
+    refused_codes := '{}';
+    refused_messages := '{}';
+    retry_ids := '{}';
+
+    IF p_http IN (201, 202, 400) AND jsonb_typeof(v_body) = 'object' THEN
+        -- the refused objects named by array and index, mapped to the claimed ids;
+        -- v_unnamed counts the errors that name none of them
+        WITH sent AS (
+            SELECT u.id, CASE WHEN o.record ? 'events' THEN 'events' ELSE 'attributes' END AS arr,
+                   (row_number() OVER (PARTITION BY o.record ? 'events' ORDER BY u.n) - 1)::integer AS idx
+              FROM unnest(p_ids) WITH ORDINALITY u(id, n)
+              JOIN cohortsync.outbox o ON o.id = u.id),
+        errs AS (
+            SELECT s.id, coalesce(e.e ->> 'type', 'refused') AS type,
+                   row_number() OVER (PARTITION BY s.id ORDER BY e.n) AS k
+              FROM jsonb_array_elements(v_errors) WITH ORDINALITY e(e, n)
+              LEFT JOIN sent s
+                     ON s.arr = e.e ->> 'input_array'
+                    AND s.idx = CASE WHEN e.e ->> 'index' ~ '^[0-9]{1,9}$'
+                                     THEN (e.e ->> 'index')::integer END)
+        SELECT coalesce(array_agg(x.id ORDER BY x.id) FILTER (WHERE x.id IS NOT NULL), '{}'),
+               coalesce(array_agg(x.type ORDER BY x.id) FILTER (WHERE x.id IS NOT NULL), '{}'),
+               count(*) FILTER (WHERE x.id IS NULL)
+          INTO refused_ids, refused_messages, v_unnamed
+          FROM errs x
+         WHERE x.id IS NULL OR x.k = 1;
+        refused_codes := array_fill(p_http, ARRAY[cardinality(refused_ids)]);
+
+        IF p_http = 400 AND cardinality(p_ids) = 0 THEN
+            -- the connection test's empty request, read by Braze
+            IF v_reason LIKE 'Valid data must be provided%' THEN
+                verdict := 'accepted';
+            ELSE
+                verdict := 'pause';
+                error := format('Braze answered HTTP 400: %s', coalesce(v_reason, 'no body'))
+                         || ' (check the REST API key, its users.track permission and the instance, then resume the destination)';
+            END IF;
+        ELSIF v_unnamed > 0 OR (p_http = 400 AND cardinality(refused_ids) = 0) THEN
+            -- a refusal that names no object: find it by halving, or fail the one record
+            IF cardinality(p_ids) > 1 THEN
+                verdict := 'split';
+                refused_ids := '{}';
+                refused_codes := '{}';
+                refused_messages := '{}';
+            ELSE
+                verdict := 'partial';
+                refused_ids := p_ids;
+                refused_codes := array_fill(p_http, ARRAY[cardinality(p_ids)]);
+                refused_messages := array_fill(format('HTTP %s: %s', p_http,
+                                                      coalesce(v_errors -> 0 ->> 'type', v_reason, 'refused')),
+                                               ARRAY[cardinality(p_ids)]);
+            END IF;
+        ELSIF p_http = 400 THEN
+            -- nothing was processed: the objects not named go again
+            verdict := 'partial';
+            SELECT coalesce(array_agg(i ORDER BY n), '{}') INTO retry_ids
+              FROM unnest(p_ids) WITH ORDINALITY u(i, n) WHERE NOT i = ANY (refused_ids);
+            IF cardinality(retry_ids) > 0 THEN
+                error := 'Braze refused the request (HTTP 400) for some objects; the others are sent again';
+            END IF;
+        ELSIF cardinality(refused_ids) > 0 THEN
+            verdict := 'partial';
+        ELSE
+            verdict := 'accepted';
+        END IF;
+
+    ELSIF p_http BETWEEN 200 AND 299 THEN
+        -- an unreadable 2xx
+        verdict := 'retry';
+        retry_ids := p_ids;
+        error := format('HTTP %s with an unreadable body', p_http);
+
+    ELSIF p_http IN (400, 401, 403, 404) THEN
+        -- a 400 that is not Braze's, or an unusable key or account
+        verdict := 'pause';
+        error := format('Braze answered HTTP %s: %s', p_http, coalesce(v_reason, 'no body'))
+                 || ' (check the REST API key, its users.track permission and the instance, then resume the destination)';
+
+    ELSE
+        verdict := 'retry';
+        retry_ids := p_ids;
+        error := CASE WHEN p_http = 0 THEN 'no answer'
+                      ELSE format('HTTP %s: %s', p_http, coalesce(v_reason, 'no body')) END;
     END IF;
 END
 $$;
@@ -1052,7 +1825,9 @@ SELECT d.name,
        nullif(concat_ws('; ',
          b.blocker,
          CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
-              THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()' END,
+              THEN CASE WHEN d.kind = 'clevertap'
+                        THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()'
+                        ELSE 'no secret is stored: call cohortsync.set_destination_secret()' END END,
          CASE WHEN d.state = 'paused'
               THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
                    || ' (call cohortsync.resume_destination())' END,
@@ -1077,6 +1852,23 @@ SELECT d.name,
 COMMENT ON VIEW cohortsync.destination_status IS
     'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), and its kind.';
 
+REVOKE ALL ON FUNCTION cohortsync._clevertap_records(text, text, text, text, text, text, jsonb, boolean, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._clevertap_profile_records(text, text, jsonb, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._kind_connected(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._mparticle_mpid(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._mparticle_records(text, jsonb, text, text, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._braze_fields(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._braze_records(text, text, jsonb, text, text, text, jsonb, boolean, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._braze_profile_records(text, text, jsonb, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._mparticle_answer(integer, text, jsonb, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._braze_answer(integer, text, jsonb, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._add_destination(text, text, text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.connect_mparticle(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.connect_braze(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.configure_destination(text, jsonb, integer, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.disconnect_destination(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.set_destination_secret(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.resync_destination(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._record_outcome(text, bigint[], integer, text, text, interval, interval, bigint[], integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._kind_limits(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._region_host(text, text) FROM PUBLIC;
@@ -1085,171 +1877,6 @@ REVOKE ALL ON FUNCTION cohortsync._delivery_targets() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._jsonb_or_null(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._read_answer(text, integer, text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_answer(integer, text, jsonb, bigint[]) FROM PUBLIC;
-
--- The outbox triggers build records per kind: one set-based builder per kind
--- (inlined into the trigger's INSERT ... SELECT), one branch per kind, run only
--- when a destination of the kind is connected. CleverTap's records are the same.
--- Records per kind. Each kind has a set-based builder: a plain SQL function
--- without SET clauses, so that the planner inlines it into the triggers'
--- INSERT ... SELECT (and resync_destination's) as a subquery: no call per row.
--- It takes one change of one member for one destination (the destination's
--- settings, the cohort, the member as the change recorded it, added or removed,
--- when) and returns the outbox rows it makes, each with its identity (the
--- per-identity order key, before _identity_key) and the record exactly as it
--- goes into the request.
-
--- CleverTap: an event record ("Partner Sync", the five properties the seed
--- names) and, when it has anything to set, a profile record (the cohorts
--- property's $add / $remove, and on an addition Email, Phone and Name). A phone
--- that is not E.164 is left out and counted (phone_dropped, on the event row).
---
--- The subquery x computes both records once; OFFSET 0 keeps the planner from
--- pulling it up into the VALUES list, which would evaluate its expressions once
--- per reference.
-CREATE FUNCTION cohortsync._clevertap_records(p_identity_property text, p_event_name text,
-                                              p_cohorts_property text, p_cohort_id text,
-                                              p_cohort_name text, p_distinct_id text,
-                                              p_properties jsonb, p_added boolean,
-                                              p_changed_at timestamptz)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
-LANGUAGE sql STABLE
-AS $$
-    SELECT x.identity, r.record, r.phone_dropped
-      FROM (SELECT m.identity, m.ts,
-                   jsonb_build_object(
-                       'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', p_event_name,
-                       'evtData', jsonb_build_object(
-                           'Partner Segment Name', p_cohort_name,
-                           'Action', CASE WHEN p_added THEN 'Added' ELSE 'Removed' END,
-                           'Partner Segment ID', p_cohort_id,
-                           'CT Source', 'Mixpanel',
-                           'Partner Name', 'Mixpanel')) AS event,
-                   CASE WHEN p_cohorts_property IS NULL THEN '{}'::jsonb
-                        ELSE jsonb_build_object(p_cohorts_property,
-                                 jsonb_build_object(CASE WHEN p_added THEN '$add' ELSE '$remove' END,
-                                                    jsonb_build_array(p_cohort_name)))
-                   END
-                   || CASE WHEN p_added THEN cohortsync._profile_fields(
-                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
-                             p_properties ->> 'first_name', p_properties ->> 'last_name')
-                           ELSE '{}'::jsonb
-                      END AS profile_data,
-                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
-              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
-                      FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
-                                                                  p_distinct_id) AS identity,
-                                   floor(extract(epoch FROM p_changed_at))::bigint AS ts,
-                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
-                            OFFSET 0) y
-                    OFFSET 0) m
-            OFFSET 0) x
-     CROSS JOIN LATERAL (VALUES
-        (x.event, x.phone_dropped),
-        (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
-            'identity', x.identity, 'type', 'profile', 'ts', x.ts,
-            'profileData', x.profile_data) END,
-         false)) r(record, phone_dropped)
-     WHERE r.record IS NOT NULL
-$$;
-
--- CleverTap: a member's stored Email, Phone or Name changed without a membership
--- change; a profile record with the current values, when there is one to send.
-CREATE FUNCTION cohortsync._clevertap_profile_records(p_identity_property text, p_distinct_id text,
-                                                      p_properties jsonb, p_email text, p_phone text,
-                                                      p_first_name text, p_last_name text)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
-LANGUAGE sql STABLE
-AS $$
-    SELECT m.identity,
-           jsonb_build_object('identity', m.identity, 'type', 'profile',
-                              'ts', floor(extract(epoch FROM now()))::bigint,
-                              'profileData', pd.profile_data),
-           m.phone IS NOT NULL AND NOT p.phone_ok
-      FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
-                                                  p_distinct_id) AS identity,
-                   cohortsync._normalize_phone(p_phone) AS phone) m
-     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
-     CROSS JOIN LATERAL (
-        SELECT cohortsync._profile_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
-                                          p_first_name, p_last_name) AS profile_data) pd
-     WHERE pd.profile_data <> '{}'::jsonb
-$$;
-
--- Whether a destination of this kind is connected: the triggers' branch of a
--- kind runs only then (its gate is evaluated once per statement).
-CREATE FUNCTION cohortsync._kind_connected(p_kind text)
-RETURNS boolean LANGUAGE sql STABLE
-AS $$
-    SELECT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.kind = p_kind)
-$$;
-
-CREATE OR REPLACE FUNCTION cohortsync._queue_changes()
-RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    n bigint;
-BEGIN
-    IF NOT cohortsync._queue_wanted() THEN
-        RETURN NULL;
-    END IF;
-    -- Within one statement every (cohort, member) changes once, so the records
-    -- of one identity made here commute; no ORDER BY (it would sort millions).
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
-      FROM new_changes c
-      LEFT JOIN cohortsync.cohorts co
-             ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
-      JOIN cohortsync.destinations d ON d.kind = 'clevertap'
-     CROSS JOIN LATERAL cohortsync._clevertap_records(
-                d.identity_property, d.event_name, d.cohorts_property, c.cohort_id,
-                coalesce(co.name, c.cohort_id), c.distinct_id, c.properties, c.change = 'added',
-                c.changed_at) r
-     WHERE cohortsync._kind_connected('clevertap');
-
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        PERFORM cohortsync._wake_delivery();
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION cohortsync._queue_profile_updates()
-RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    n bigint;
-BEGIN
-    IF NOT cohortsync._queue_wanted() THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL, r.phone_dropped
-      FROM new_members nm
-      JOIN old_members om
-        ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
-       AND om.distinct_id = nm.distinct_id
-      JOIN cohortsync.destinations d ON d.kind = 'clevertap'
-     CROSS JOIN LATERAL cohortsync._clevertap_profile_records(
-                d.identity_property, nm.distinct_id, nm.properties, nm.email, nm.phone,
-                nm.first_name, nm.last_name) r
-     WHERE (nm.email, nm.phone, nm.first_name, nm.last_name)
-           IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
-       AND cohortsync._kind_connected('clevertap');
-
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        PERFORM cohortsync._wake_delivery();
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-REVOKE ALL ON FUNCTION cohortsync._clevertap_records(text, text, text, text, text, text, jsonb, boolean, timestamptz) FROM PUBLIC;
-REVOKE ALL ON FUNCTION cohortsync._clevertap_profile_records(text, text, jsonb, text, text, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION cohortsync._kind_connected(text) FROM PUBLIC;
 
 -------------------------------------------------------------------------------
 -- Backoff per destination (issue #13): the worker publishes, besides what it has
@@ -1288,7 +1915,9 @@ SELECT d.name,
        nullif(concat_ws('; ',
          b.blocker,
          CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
-              THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()' END,
+              THEN CASE WHEN d.kind = 'clevertap'
+                        THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()'
+                        ELSE 'no secret is stored: call cohortsync.set_destination_secret()' END END,
          CASE WHEN d.state = 'paused'
               THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
                    || ' (call cohortsync.resume_destination())' END,

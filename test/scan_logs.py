@@ -8,7 +8,8 @@ and log_connections = on, then runs this over every server log it produced:
 
 A secret may appear in exactly one kind of log entry: the "statement:" entry
 that log_statement writes for a statement calling connect_clevertap,
-set_clevertap_passcode or add_webhook_user. PostgreSQL logs what was typed,
+connect_mparticle, connect_braze, set_clevertap_passcode, set_destination_secret
+or add_webhook_user. PostgreSQL logs what was typed,
 and only the caller can keep that out (SET LOCAL log_statement = 'none', see
 README.md). Any other entry holding a secret is a leak: an error's STATEMENT
 or DETAIL line, a worker's message, an access log line, libcurl's or
@@ -37,12 +38,14 @@ MARKER = "cs-secret"
 # log_line_prefix = '%m [%p] %q%a ' in every cluster the tests start
 ENTRY_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+ \[\d+\] ")
 STATEMENT = re.compile(r"^\S+ \S+ \S+ \[\d+\] .*?LOG:  (?:statement|execute [^:]*): ", re.S)
-SETTER = re.compile(r"\b(connect_clevertap|set_clevertap_passcode|add_webhook_user)\s*\(")
-# the secret argument of a setter typed with literals: 3rd of connect_clevertap, 2nd of the others
+SETTER = re.compile(r"\b(connect_clevertap|connect_mparticle|connect_braze|set_clevertap_passcode"
+                    r"|set_destination_secret|add_webhook_user)\s*\(")
+# the secret argument of a setter typed with literals: 3rd of connect_clevertap and
+# connect_mparticle, 2nd of the others
 SQL_LIT = r"'((?:[^']|'')*)'"
 SECRET_ARG = [
-    re.compile(r"connect_clevertap\s*\(\s*" + SQL_LIT + r"\s*,\s*" + SQL_LIT + r"\s*,\s*" + SQL_LIT),
-    re.compile(r"set_clevertap_passcode\s*\(\s*" + SQL_LIT + r"\s*,\s*" + SQL_LIT),
+    re.compile(r"connect_(?:clevertap|mparticle)\s*\(\s*" + SQL_LIT + r"\s*,\s*" + SQL_LIT + r"\s*,\s*" + SQL_LIT),
+    re.compile(r"(?:connect_braze|set_clevertap_passcode|set_destination_secret)\s*\(\s*" + SQL_LIT + r"\s*,\s*" + SQL_LIT),
     re.compile(r"add_webhook_user\s*\(\s*" + SQL_LIT + r"\s*,\s*" + SQL_LIT),
 ]
 HEADERS = re.compile(r"X-CleverTap-Passcode|Authorization", re.I)

@@ -3,7 +3,7 @@
 -- per kind (_read_answer) and the generic outcome (_record_outcome).
 BEGIN;
 SET client_min_messages = warning;
-SELECT plan(41);
+SELECT plan(44);
 
 -------------------------------------------------------------------------------
 -- limits and hosts
@@ -16,7 +16,7 @@ SELECT results_eq(
       ('clevertap', 'eu1'), ('clevertap', 'sg1'), ('mparticle', 'us1'), ('mparticle', 'au1'),
       ('braze', 'US-01'), ('braze', 'US-08'), ('braze', 'US-10'), ('braze', 'EU-02'), ('braze', 'AU-01')) v(k, r)$$,
   $$VALUES ('https://api.clevertap.com'), ('https://sg1.api.clevertap.com'),
-           ('https://s2s.us1.mparticle.com'), ('https://s2s.au1.mparticle.com'),
+           ('https://s2s.mparticle.com'), ('https://s2s.au1.mparticle.com'),
            ('https://rest.iad-01.braze.com'), ('https://rest.iad-08.braze.com'), ('https://rest.us-10.braze.com'),
            ('https://rest.fra-02.braze.eu'), ('https://rest.au-01.braze.com')$$,
   'the documented host of each region, pod and instance');
@@ -107,9 +107,12 @@ SELECT results_eq($$SELECT * FROM pg_temp.read(400, '{"status":"fail","error":"M
                   $$VALUES ('partial', '{12}'::bigint[], '{400}'::integer[], '{"HTTP 400: Malformed request"}'::text[],
                             '{}'::bigint[], NULL::text)$$,
                   'clevertap: 400 on one record: it is refused, visibly');
+SELECT results_eq($$SELECT verdict, error FROM pg_temp.read(400, '{"status":"fail","error":"Malformed request","code":400}', '{}')$$,
+                  $$VALUES ('accepted', NULL::text)$$,
+                  'clevertap: the connection test''s empty upload refused by CleverTap itself: connected');
 SELECT results_eq($$SELECT verdict, error FROM pg_temp.read(400, 'bad', '{}')$$,
-                  $$VALUES ('partial', 'HTTP 400: bad')$$,
-                  'clevertap: 400 on a request without records (the connection test) says why');
+                  $$VALUES ('pause', 'CleverTap answered HTTP 400: bad (check the region and api_url, then resume the destination)')$$,
+                  'clevertap: a 400 that is not CleverTap''s to the connection test: not connected, and why');
 SELECT results_eq($$SELECT verdict, error FROM pg_temp.read(401, '{"status":"fail","error":"Account ID is not valid","code":401}')$$,
                   $$VALUES ('pause', 'CleverTap answered HTTP 401: Account ID is not valid (check the account id, passcode and region, then resume the destination)')$$,
                   'clevertap: 401: pause, with CleverTap''s reason');
@@ -183,6 +186,18 @@ SELECT unalike(pg_temp.plan_of($$
      CROSS JOIN LATERAL cohortsync._clevertap_records(d.identity_property, d.event_name, d.cohorts_property,
                 c.cohort_id, c.cohort_id, c.distinct_id, c.properties, c.change = 'added', c.changed_at) r$$),
   '%Function Scan%', 'the CleverTap builder is inlined');
+SELECT unalike(pg_temp.plan_of($$
+    SELECT d.name, r.* FROM cohortsync.membership_changes c
+      JOIN cohortsync.destinations d ON d.kind = 'mparticle'
+     CROSS JOIN LATERAL cohortsync._mparticle_records(d.identity_property, d.settings, c.cohort_id,
+                c.distinct_id, c.properties, c.change = 'added') r$$),
+  '%Function Scan%', 'the mParticle builder is inlined');
+SELECT unalike(pg_temp.plan_of($$
+    SELECT d.name, r.* FROM cohortsync.membership_changes c
+      JOIN cohortsync.destinations d ON d.kind = 'braze'
+     CROSS JOIN LATERAL cohortsync._braze_records(d.identity_property, d.cohorts_property, d.settings,
+                c.cohort_id, c.cohort_id, c.distinct_id, c.properties, c.change = 'added', c.changed_at) r$$),
+  '%Function Scan%', 'the Braze builder is inlined');
 
 SELECT * FROM finish();
 ROLLBACK;
