@@ -57,9 +57,13 @@ int			cs_max_inflight = 4;
 int			cs_max_retry_age_s = 3 * 24 * 3600;
 int			cs_poll_interval_ms = 5000;
 
-/* CleverTap's limits: records per request, concurrent requests per account */
-#define CT_MAX_BATCH 1000
-#define CT_MAX_CONCURRENT 15
+/*
+ * The largest values the defaults below may take: no kind allows more. Each
+ * destination's effective value is capped by its kind's own limit in SQL
+ * (cohortsync._kind_limits, _delivery_targets); the worker applies none.
+ */
+#define MAX_BATCH_ANY_KIND 1000
+#define MAX_INFLIGHT_ANY_KIND 15
 
 /* While a pass of history pruning goes on, its steps run this often (ms). */
 #define PRUNE_PAUSE_MS 1000
@@ -84,14 +88,14 @@ cs_delivery_init(void)
 	cs_define_common_gucs();
 
 	DefineCustomIntVariable("cohortsync.batch_size",
-							"Records per CleverTap upload request.",
-							"CleverTap accepts at most 1000.",
-							&cs_batch_size, 1000, 1, CT_MAX_BATCH,
+							"Records per request, for destinations that set none.",
+							"Capped by the destination's kind's limit (cohortsync._kind_limits).",
+							&cs_batch_size, 1000, 1, MAX_BATCH_ANY_KIND,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("cohortsync.max_inflight",
-							"Upload requests in flight per destination.",
-							"CleverTap allows at most 15 concurrent requests per account.",
-							&cs_max_inflight, 4, 1, CT_MAX_CONCURRENT,
+							"Requests in flight per destination, for destinations that set none.",
+							"Capped by the destination's kind's limit (cohortsync._kind_limits).",
+							&cs_max_inflight, 4, 1, MAX_INFLIGHT_ANY_KIND,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("cohortsync.max_retry_age",
 							"How long a record is retried before it is moved to failed_records.",
@@ -99,7 +103,7 @@ cs_delivery_init(void)
 							&cs_max_retry_age_s, 3 * 24 * 3600, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("cohortsync.connect_timeout",
-							"Timeout for connecting to CleverTap.",
+							"Timeout for connecting to a destination.",
 							NULL,
 							&cs_connect_timeout_ms, 10000, 100, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
@@ -109,7 +113,7 @@ cs_delivery_init(void)
 							&cs_request_timeout_ms, 60000, 100, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomStringVariable("cohortsync.ca_file",
-							   "File of CA certificates to verify CleverTap's with (empty: the system's).",
+							   "File of CA certificates to verify destinations' with (empty: the system's).",
 							   NULL,
 							   &cs_ca_file, "",
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
