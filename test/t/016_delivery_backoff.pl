@@ -2,7 +2,8 @@
 # answers every request with 503, the worker sends one request at a time on an
 # exponential schedule instead of dozens a second, destination_status shows how
 # many failed in a row and until when it waits, and the first success brings
-# back full speed, with every record delivered exactly once.
+# back full speed, with every record delivered exactly once. Then 429s with a
+# Retry-After longer than the schedule's steps: the worker waits as long.
 use strict;
 use warnings;
 
@@ -71,6 +72,32 @@ is(sql("SELECT consecutive_failures || ' ' || coalesce(backoff_until::text, 'non
 is_deeply(standin_tally($ct),
 	{ map { ("ct-m$_ event Added" => 1, "ct-m$_ profile \$add" => 1) } 1 .. $members },
 	'after: every record arrived, exactly once');
+
+#------------------------------------------------------------------------------
+# 429 with Retry-After (mParticle sends it): the schedule waits at least that long.
+#------------------------------------------------------------------------------
+sql("SELECT cohortsync.disconnect_clevertap('ct')");
+my $mp = start_standin(kind => 'mparticle');
+sql(connect_sql('mparticle', 'mp', $mp->{url}));
+# one request at a time from the start, so that every request is a step of the schedule
+sql("UPDATE cohortsync.destinations SET max_inflight = 1 WHERE name = 'mp'");
+standin_post($mp, '/_control', { status_all => 429, retry_after => 15 });
+$t0 = time();
+sql("SELECT page('add_members', 'ra', (SELECT array_agg('ra' || g) FROM generate_series(1, $members) g),
+                 'c-ra', 'Retry after')");
+ok(wait_until(10, sub {
+	sql("SELECT backoff_until > now() + interval '10 s' FROM cohortsync.destination_status WHERE name = 'mp'") eq 't' }),
+	'429: backoff_until is Retry-After (15 s) away, not the first step (1 s)');
+sleep(40 - (time() - $t0)) if time() - $t0 < 40;
+$stats = standin_get($mp, '/_stats');
+note(sprintf('429 with Retry-After 15: %d requests in %.0f s', $stats->{requests}, time() - $t0));
+# honoured: at 0, 15 and 30 s; the schedule alone (1, 2, 4, 8, 16 s) would make 6
+cmp_ok($stats->{requests}, '<=', 4, '429: at most 4 requests in 40 s');
+standin_post($mp, '/_control', { status_all => undef });
+ok(outbox_empty($node, 60), '429: after it, the outbox drains');
+is_deeply(standin_tally($mp), { map { ("ra$_ batch Retry after=true" => 1) } 1 .. $members },
+	'429: every record arrived, exactly once');
+
 is(worker_pid($node), $pid, 'the same worker throughout');
 
 $node->stop;
