@@ -614,6 +614,247 @@ ALTER FUNCTION cohortsync.connect_clevertap(text, text, text, text, text)
 ALTER FUNCTION cohortsync.add_webhook_user(text, text)
     SET log_min_messages = warning;
 
+-- The worker's statements on the outbox are planned as if its pages were full
+-- (src/outbox_plan.c): a queue analyzed while nearly empty made every index look one
+-- page big, and a DELETE by id or the claim's identity probe walked all of
+-- outbox_claim_idx (test/pgtap/delivery_plan.sql).
+ALTER FUNCTION cohortsync._claim_due(text, integer, bigint)
+    SET cohortsync.plan_outbox_full = on;
+ALTER FUNCTION cohortsync._claim(text, integer, interval)
+    SET cohortsync.plan_outbox_full = on;
+ALTER FUNCTION cohortsync._next_due()
+    SET cohortsync.plan_outbox_full = on;
+
+-- _record_outcome reaches outbox rows by primary key only (see the comment on its SET
+-- clauses), and is planned like the others.
+CREATE OR REPLACE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p_http integer,
+                                           p_body text, p_error text, p_retry_age interval,
+                                           p_lease interval, p_rest bigint[] DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+-- Every statement below reaches outbox rows by id = ANY (...) and nothing else: ids
+-- are unique, and a "destination = p_destination" beside it let the planner walk the
+-- destination's part of outbox_claim_idx instead (the whole queue, for every request).
+-- With stale statistics (an outbox analyzed while empty) a sequential scan of the whole
+-- queue looked cheapest: 200 ms per request on a 20,000-record queue; and every index
+-- looked one page big, so a walk of all of outbox_claim_idx (id is its second column)
+-- looked as cheap as the primary key. enable_seqscan = off rules out the first,
+-- cohortsync.plan_outbox_full the second (src/outbox_plan.c): the primary key wins.
+SET enable_seqscan = off
+SET cohortsync.plan_outbox_full = on
+AS $$
+DECLARE
+    v_body      jsonb;
+    v_status    text;
+    v_error     text;
+    v_retry     bigint[] := '{}';
+    v_failed    bigint[] := '{}';
+    v_codes     integer[] := '{}';
+    v_messages  text[] := '{}';
+    v_delivered bigint := 0;
+    v_nfailed   bigint := 0;
+    v_phones    bigint := 0;
+    v_n         bigint;
+    v_result    text := 'done';
+BEGIN
+    -- Whatever answered may echo the request's headers back (a misconfigured
+    -- proxy): the passcode must not reach last_error, paused_reason or failed_records.
+    SELECT replace(p_body, s.passcode, '[passcode]'), replace(p_error, s.passcode, '[passcode]')
+      INTO p_body, p_error
+      FROM cohortsync.destination_secrets s
+     WHERE s.name = p_destination AND s.passcode <> '';
+
+    BEGIN
+        v_body := p_body::jsonb;
+    EXCEPTION WHEN others THEN
+        v_body := NULL;
+    END;
+    IF jsonb_typeof(v_body) = 'object' THEN
+        v_status := v_body ->> 'status';
+    END IF;
+
+    IF p_http = 200 AND v_status IN ('success', 'partial', 'fail') THEN
+        -- "Skipped record number : N" is the 1-based index of the record in "d"
+        SELECT coalesce(array_agg(p_ids[x.n] ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(x.code ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(x.msg ORDER BY x.n) FILTER (WHERE x.code IS DISTINCT FROM 555), '{}'),
+               coalesce(array_agg(p_ids[x.n] ORDER BY x.n) FILTER (WHERE x.code = 555), '{}')
+          INTO v_failed, v_codes, v_messages, v_retry
+          FROM (SELECT DISTINCT ON (n) n, code, msg FROM (
+                  SELECT substring(e ->> 'error' FROM 'Skipped record number\s*:\s*([0-9]+)')::integer AS n,
+                         CASE WHEN e ->> 'code' ~ '^[0-9]{1,9}$' THEN (e ->> 'code')::integer END AS code,
+                         coalesce(nullif(regexp_replace(e ->> 'error',
+                                                        '\s*Skipped record number\s*:\s*[0-9]+\s*$', ''), ''),
+                                  'rejected') AS msg
+                    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_body -> 'unprocessed') = 'array'
+                                                   THEN v_body -> 'unprocessed' ELSE '[]' END) e) y
+                 WHERE n BETWEEN 1 AND cardinality(p_ids)) x;
+
+        IF v_status = 'fail' AND cardinality(v_failed) + cardinality(v_retry) = 0 THEN
+            -- a "fail" that names no record: nothing to go by, try again later
+            v_retry := p_ids;
+            v_error := 'CleverTap answered status "fail" without naming a record';
+            v_result := 'retry';
+        ELSE
+            IF cardinality(v_retry) > 0 THEN
+                v_error := 'CleverTap answered 555 (server error) for some records';
+            END IF;
+            -- the refused records, with CleverTap's code and message
+            WITH gone AS (
+                DELETE FROM cohortsync.outbox o WHERE o.id = ANY (v_failed)
+                RETURNING o.*)
+            INSERT INTO cohortsync.failed_records
+                   (id, destination, identity, record, change_id, created_at, attempts, code, message)
+            SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at,
+                   g.attempts + 1, f.code, f.message
+              FROM gone g JOIN unnest(v_failed, v_codes, v_messages) f(id, code, message)
+                ON f.id = g.id;
+            GET DIAGNOSTICS v_nfailed = ROW_COUNT;
+            -- everything else was accepted
+            WITH accepted AS (
+                DELETE FROM cohortsync.outbox o
+                 WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_failed || v_retry)
+                RETURNING o.phone_dropped)
+            SELECT count(*), count(*) FILTER (WHERE a.phone_dropped)
+              INTO v_delivered, v_phones
+              FROM accepted a;
+        END IF;
+
+    ELSIF p_http = 400 AND cardinality(p_ids) > 1 THEN
+        -- some record made the whole request malformed: find it by halving
+        UPDATE cohortsync.outbox o SET lease_until = now() + p_lease
+         WHERE o.id = ANY (p_ids || p_rest);
+        RETURN 'split';
+
+    ELSIF p_http = 400 THEN
+        WITH gone AS (
+            DELETE FROM cohortsync.outbox o WHERE o.id = ANY (p_ids) RETURNING o.*)
+        INSERT INTO cohortsync.failed_records
+               (id, destination, identity, record, change_id, created_at, attempts, code, message)
+        SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at, g.attempts + 1,
+               400, 'HTTP 400: ' || coalesce(v_body ->> 'error', left(p_body, 200), 'bad request')
+          FROM gone g;
+        GET DIAGNOSTICS v_nfailed = ROW_COUNT;
+
+    ELSIF p_http IN (401, 403) THEN
+        -- wrong account id, passcode or region: nothing will go through until a
+        -- human acts, so pause and keep every record
+        v_error := format('CleverTap answered HTTP %s: %s', p_http,
+                          coalesce(v_body ->> 'error', 'authentication failed'))
+                   || ' (check the account id, passcode and region, then resume the destination)';
+        UPDATE cohortsync.destinations d
+           SET state = 'paused', paused_reason = v_error, paused_at = now()
+         WHERE d.name = p_destination AND d.state = 'active';
+        UPDATE cohortsync.outbox o SET lease_until = NULL, leased_by = NULL, last_error = v_error
+         WHERE o.id = ANY (p_ids || p_rest);
+        v_result := 'retry';
+
+    ELSE
+        -- 429, 5xx, no answer, an unreadable 200: try again later
+        v_retry := p_ids || p_rest;
+        v_error := CASE
+            WHEN p_http = 0 THEN coalesce(p_error, 'no answer')
+            WHEN p_http = 200 THEN 'HTTP 200 with an unreadable body'
+            ELSE format('HTTP %s: %s', p_http,
+                        coalesce(v_body ->> 'error', nullif(left(p_body, 200), ''), 'no body'))
+            END;
+        v_result := 'retry';
+    END IF;
+
+    IF cardinality(v_retry) > 0 THEN
+        -- too old to keep trying: give up on them, visibly
+        WITH gone AS (
+            DELETE FROM cohortsync.outbox o
+             WHERE o.id = ANY (v_retry) AND o.created_at < now() - p_retry_age
+            RETURNING o.*)
+        INSERT INTO cohortsync.failed_records
+               (id, destination, identity, record, change_id, created_at, attempts, code, message)
+        SELECT g.id, g.destination, g.identity, g.record, g.change_id, g.created_at, g.attempts + 1,
+               NULL, format('not delivered within cohortsync.max_retry_age (%s); last error: %s',
+                            p_retry_age, v_error)
+          FROM gone g;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_nfailed := v_nfailed + v_n;
+        -- exponential backoff from 1 s to 10 min, with jitter (half to all of it)
+        UPDATE cohortsync.outbox o
+           SET attempts = o.attempts + 1, lease_until = NULL, leased_by = NULL, last_error = v_error,
+               next_attempt_at = now() + least(interval '10 minutes',
+                                               interval '1 second' * power(2, least(o.attempts, 20)))
+                                         * (0.5 + random() / 2)
+         WHERE o.id = ANY (v_retry);
+    END IF;
+
+    IF v_result = 'done' AND cardinality(p_rest) > 0 THEN
+        UPDATE cohortsync.outbox o SET lease_until = now() + p_lease WHERE o.id = ANY (p_rest);
+    END IF;
+
+    IF NOT EXISTS (SELECT FROM cohortsync.destinations d WHERE d.name = p_destination) THEN
+        RETURN v_result;        -- disconnected while the request was in flight
+    END IF;
+    INSERT INTO cohortsync.destination_stats AS s
+           (destination, requests, delivered, failed, phones_dropped, last_success_at,
+            last_error, last_error_at)
+    VALUES (p_destination, 1, v_delivered, v_nfailed, v_phones,
+            CASE WHEN p_http = 200 AND v_status IS NOT NULL THEN now() END,
+            v_error, CASE WHEN v_error IS NOT NULL THEN now() END)
+    ON CONFLICT (destination) DO UPDATE
+       SET requests = s.requests + 1,
+           delivered = s.delivered + EXCLUDED.delivered,
+           failed = s.failed + EXCLUDED.failed,
+           phones_dropped = s.phones_dropped + EXCLUDED.phones_dropped,
+           last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
+           last_error = coalesce(EXCLUDED.last_error, s.last_error),
+           last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at);
+    RETURN v_result;
+END
+$$;
+
+-- A drained queue made small again. Deleting delivered rows leaves the outbox's heap
+-- and indexes as big as the largest backlog they ever held: VACUUM does not give an
+-- index's empty pages back, nor the heap's while rows are being added at its end.
+-- When the outbox is empty and bigger than p_min_bytes, TRUNCATE gives it new, empty
+-- files. The delivery worker calls this when it has nothing in flight, at most every
+-- ten seconds.
+--
+-- TRUNCATE needs an ACCESS EXCLUSIVE lock. It is taken with NOWAIT, so this never
+-- waits, and so never queues a lock request that ingest would have to wait behind:
+-- when anything holds the outbox (an ingest transaction that queued records and has
+-- not committed, pg_dump, VACUUM, a reader), it gives up and the worker tries again
+-- later. Under the lock no other transaction can have uncommitted rows in the outbox,
+-- so emptiness is checked again there: nothing queued can be lost, and nothing is in
+-- flight (a record leaves the queue only once it has been answered for). Ingest that
+-- reaches the outbox while the lock is held waits for this transaction only: 12 ms
+-- after a drain of 300,000 records, 90 ms when VACUUM had not yet been through it
+-- (the commit unlinks the old files). The identity keeps counting (no RESTART
+-- IDENTITY): ids order an identity's records, and the worker's cursor stays below
+-- every new id.
+--
+-- Returns whether it truncated.
+CREATE FUNCTION cohortsync._shrink_outbox(p_min_bytes bigint DEFAULT 8 * 1024 * 1024)
+RETURNS boolean LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+BEGIN
+    -- cheap first: the size of the files, then one index entry
+    IF pg_total_relation_size('cohortsync.outbox') <= p_min_bytes
+       OR EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        LOCK TABLE cohortsync.outbox IN ACCESS EXCLUSIVE MODE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN false;
+    END;
+    IF EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;           -- committed between the first look and the lock
+    END IF;
+    TRUNCATE cohortsync.outbox;
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION cohortsync._shrink_outbox(bigint) FROM PUBLIC;
+
 -------------------------------------------------------------------------------
 -- Destinations as kinds (issue #13): clevertap, mparticle, braze.
 --
@@ -971,25 +1212,27 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
     END IF;
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM cohortsync.members m
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = m.project_id AND co.cohort_id = m.cohort_id
      CROSS JOIN LATERAL (
-        SELECT c.identity, c.record, c.phone_dropped
+        SELECT c.identity, c.record, c.phone_dropped, c.email_dropped
           FROM cohortsync._clevertap_records(
                    d.identity_property, d.event_name, d.cohorts_property, m.cohort_id,
                    coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) c
          WHERE d.kind = 'clevertap' AND c.record ->> 'type' = 'profile'
         UNION ALL
-        SELECT p.identity, p.record, p.phone_dropped
+        SELECT p.identity, p.record, p.phone_dropped, p.email_dropped
           FROM cohortsync._mparticle_records(
                    d.identity_property, d.settings, coalesce(co.name, m.cohort_id), m.distinct_id,
                    m.properties, true) p
          WHERE d.kind = 'mparticle'
         UNION ALL
-        SELECT b.identity, b.record, b.phone_dropped
+        SELECT b.identity, b.record, b.phone_dropped, b.email_dropped
           FROM cohortsync._braze_records(
                    d.identity_property, d.cohorts_property, d.settings, m.cohort_id,
                    coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) b
@@ -1006,6 +1249,46 @@ $$;
 
 COMMENT ON FUNCTION cohortsync.resync_destination(text, text, text) IS
     'Queue the current membership (all, one project''s, or one cohort''s) for one destination as additions; returns how many records.';
+
+-- Profile fields for every kind: an email that is not an address is left out of
+-- the record and counted, as invalid phones are; Mixpanel's reserved $email,
+-- $phone and $name are read when email, phone_number, first_name and last_name
+-- are absent.
+ALTER TABLE cohortsync.outbox ADD COLUMN email_dropped boolean NOT NULL DEFAULT false;
+ALTER TABLE cohortsync.destination_stats ADD COLUMN emails_dropped bigint NOT NULL DEFAULT 0;
+
+-- Whether an email is an address (something@domain.tld), the rule every kind
+-- applies: CleverTap refuses a whole profile record with 515 for an email that is
+-- not one (recorded: "string", "1234", "$$$$$"), Braze refuses the object. Such an
+-- email is left out of the record and counted (outbox.email_dropped).
+CREATE FUNCTION cohortsync._is_email(email text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(email ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$', false)
+$$;
+
+-- A member's email or phone from its properties: the documented name (email,
+-- phone_number), else Mixpanel's reserved one ($email, $phone) when it is a
+-- string or a number. ingest fills members.email and members.phone the same way
+-- (src/page.c).
+CREATE FUNCTION cohortsync._member_field(properties jsonb, name text, reserved text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(properties ->> name,
+                    CASE WHEN jsonb_typeof(properties -> reserved) IN ('string', 'number')
+                         THEN properties ->> reserved END)
+$$;
+
+-- A member's first name: first_name, else, when neither first_name nor
+-- last_name is there, Mixpanel's $name whole.
+CREATE FUNCTION cohortsync._member_first_name(properties jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(properties ->> 'first_name',
+                    CASE WHEN properties ->> 'last_name' IS NULL
+                              AND jsonb_typeof(properties -> '$name') IN ('string', 'number')
+                         THEN properties ->> '$name' END)
+$$;
 
 -- Records per kind. Each kind has a set-based builder: a plain SQL function
 -- without SET clauses, so that the planner inlines it into the triggers'
@@ -1029,10 +1312,10 @@ CREATE FUNCTION cohortsync._clevertap_records(p_identity_property text, p_event_
                                               p_cohort_name text, p_distinct_id text,
                                               p_properties jsonb, p_added boolean,
                                               p_changed_at timestamptz)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
-    SELECT x.identity, r.record, r.phone_dropped
+    SELECT x.identity, r.record, r.phone_dropped, r.email_dropped
       FROM (SELECT m.identity, m.ts,
                    jsonb_build_object(
                        'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', p_event_name,
@@ -1048,25 +1331,29 @@ AS $$
                                                     jsonb_build_array(p_cohort_name)))
                    END
                    || CASE WHEN p_added THEN cohortsync._profile_fields(
-                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
-                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                             CASE WHEN m.email_ok THEN m.email END, CASE WHEN m.phone_ok THEN m.phone END,
+                             cohortsync._member_first_name(p_properties), p_properties ->> 'last_name')
                            ELSE '{}'::jsonb
                       END AS profile_data,
-                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
-              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped,
+                   p_added AND m.email IS NOT NULL AND m.email <> '' AND NOT m.email_ok AS email_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok,
+                           cohortsync._is_email(y.email) AS email_ok
                       FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
                                                                   p_distinct_id) AS identity,
                                    floor(extract(epoch FROM p_changed_at))::bigint AS ts,
-                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                                   cohortsync._normalize_phone(
+                                       cohortsync._member_field(p_properties, 'phone_number', '$phone')) AS phone,
+                                   cohortsync._member_field(p_properties, 'email', '$email') AS email
                             OFFSET 0) y
                     OFFSET 0) m
             OFFSET 0) x
      CROSS JOIN LATERAL (VALUES
-        (x.event, x.phone_dropped),
+        (x.event, x.phone_dropped, x.email_dropped),
         (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
             'identity', x.identity, 'type', 'profile', 'ts', x.ts,
             'profileData', x.profile_data) END,
-         false)) r(record, phone_dropped)
+         false, false)) r(record, phone_dropped, email_dropped)
      WHERE r.record IS NOT NULL
 $$;
 
@@ -1075,20 +1362,23 @@ $$;
 CREATE FUNCTION cohortsync._clevertap_profile_records(p_identity_property text, p_distinct_id text,
                                                       p_properties jsonb, p_email text, p_phone text,
                                                       p_first_name text, p_last_name text)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT m.identity,
            jsonb_build_object('identity', m.identity, 'type', 'profile',
                               'ts', floor(extract(epoch FROM now()))::bigint,
                               'profileData', pd.profile_data),
-           m.phone IS NOT NULL AND NOT p.phone_ok
+           m.phone IS NOT NULL AND NOT p.phone_ok,
+           p_email IS NOT NULL AND p_email <> '' AND NOT p.email_ok
       FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
                                                   p_distinct_id) AS identity,
                    cohortsync._normalize_phone(p_phone) AS phone) m
-     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok,
+                                cohortsync._is_email(p_email) AS email_ok) p
      CROSS JOIN LATERAL (
-        SELECT cohortsync._profile_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+        SELECT cohortsync._profile_fields(CASE WHEN p.email_ok THEN p_email END,
+                                          CASE WHEN p.phone_ok THEN m.phone END,
                                           p_first_name, p_last_name) AS profile_data) pd
      WHERE pd.profile_data <> '{}'::jsonb
 $$;
@@ -1113,7 +1403,7 @@ $$;
 CREATE FUNCTION cohortsync._mparticle_records(p_identity_property text, p_settings jsonb,
                                               p_cohort_name text, p_distinct_id text,
                                               p_properties jsonb, p_added boolean)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT coalesce(m.mpid::text, p_distinct_id),
@@ -1123,7 +1413,7 @@ AS $$
                    ELSE jsonb_build_object('user_identities',
                                            jsonb_build_object('customer_id', p_distinct_id))
               END,
-           false
+           false, false
       FROM (SELECT cohortsync._mparticle_mpid(p_properties ->> p_identity_property) AS mpid
             OFFSET 0) m
 $$;
@@ -1150,10 +1440,10 @@ CREATE FUNCTION cohortsync._braze_records(p_identity_property text, p_cohorts_pr
                                           p_settings jsonb, p_cohort_id text, p_cohort_name text,
                                           p_distinct_id text, p_properties jsonb, p_added boolean,
                                           p_changed_at timestamptz)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
-    SELECT x.identity, r.record, r.phone_dropped
+    SELECT x.identity, r.record, r.phone_dropped, r.email_dropped
       FROM (SELECT m.identity,
                    jsonb_build_object('external_id', m.identity)
                    || CASE WHEN p_cohorts_property IS NULL THEN '{}'::jsonb
@@ -1162,22 +1452,26 @@ AS $$
                                                        jsonb_build_array(p_cohort_name)))
                       END
                    || CASE WHEN p_added THEN cohortsync._braze_fields(
-                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
-                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                             CASE WHEN m.email_ok THEN m.email END, CASE WHEN m.phone_ok THEN m.phone END,
+                             cohortsync._member_first_name(p_properties), p_properties ->> 'last_name')
                            ELSE '{}'::jsonb
                       END AS attributes,
-                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
-              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped,
+                   p_added AND m.email IS NOT NULL AND m.email <> '' AND NOT m.email_ok AS email_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok,
+                           cohortsync._is_email(y.email) AS email_ok
                       FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
                                             p_distinct_id) AS identity,
-                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                                   cohortsync._normalize_phone(
+                                       cohortsync._member_field(p_properties, 'phone_number', '$phone')) AS phone,
+                                   cohortsync._member_field(p_properties, 'email', '$email') AS email
                             OFFSET 0) y
                     OFFSET 0) m
             OFFSET 0) x
      CROSS JOIN LATERAL (VALUES
         (CASE WHEN x.attributes - 'external_id' <> '{}'::jsonb
               THEN jsonb_build_object('attributes', x.attributes) END,
-         x.phone_dropped),
+         x.phone_dropped, x.email_dropped),
         (CASE WHEN p_settings ->> 'event_name' IS NOT NULL THEN jsonb_build_object('events',
             jsonb_build_object(
                 'external_id', x.identity,
@@ -1186,7 +1480,7 @@ AS $$
                 'properties', jsonb_build_object(
                     'cohort_name', p_cohort_name, 'cohort_id', p_cohort_id,
                     'action', CASE WHEN p_added THEN 'added' ELSE 'removed' END))) END,
-         false)) r(record, phone_dropped)
+         false, false)) r(record, phone_dropped, email_dropped)
      WHERE r.record IS NOT NULL
 $$;
 
@@ -1195,18 +1489,21 @@ $$;
 CREATE FUNCTION cohortsync._braze_profile_records(p_identity_property text, p_distinct_id text,
                                                   p_properties jsonb, p_email text, p_phone text,
                                                   p_first_name text, p_last_name text)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT m.identity,
            jsonb_build_object('attributes', jsonb_build_object('external_id', m.identity) || pd.fields),
-           m.phone IS NOT NULL AND NOT p.phone_ok
+           m.phone IS NOT NULL AND NOT p.phone_ok,
+           p_email IS NOT NULL AND p_email <> '' AND NOT p.email_ok
       FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
                             p_distinct_id) AS identity,
                    cohortsync._normalize_phone(p_phone) AS phone) m
-     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok,
+                                cohortsync._is_email(p_email) AS email_ok) p
      CROSS JOIN LATERAL (
-        SELECT cohortsync._braze_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+        SELECT cohortsync._braze_fields(CASE WHEN p.email_ok THEN p_email END,
+                                        CASE WHEN p.phone_ok THEN m.phone END,
                                         p_first_name, p_last_name) AS fields) pd
      WHERE pd.fields <> '{}'::jsonb
 $$;
@@ -1231,8 +1528,9 @@ BEGIN
     END IF;
     -- Within one statement every (cohort, member) changes once, so the records
     -- of one identity made here commute; no ORDER BY (it would sort millions).
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1243,7 +1541,7 @@ BEGIN
                 c.changed_at) r
      WHERE cohortsync._kind_connected('clevertap')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1253,7 +1551,7 @@ BEGIN
                 c.properties, c.change = 'added') r
      WHERE cohortsync._kind_connected('mparticle')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1282,8 +1580,10 @@ BEGIN
     IF NOT cohortsync._queue_wanted() THEN
         RETURN NULL;
     END IF;
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM new_members nm
       JOIN old_members om
         ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
@@ -1296,7 +1596,8 @@ BEGIN
            IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
        AND cohortsync._kind_connected('clevertap')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM new_members nm
       JOIN old_members om
         ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
@@ -1678,10 +1979,16 @@ CREATE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p
                                            p_retry_after integer DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
--- Every statement below reaches outbox rows by id = ANY (...). With stale statistics
--- (an outbox analyzed while empty) a sequential scan of the whole queue looked
--- cheapest: 200 ms per request on a 20,000-record queue. The primary key always wins.
+-- Every statement below reaches outbox rows by id = ANY (...) and nothing else: ids
+-- are unique, and a "destination = p_destination" beside it let the planner walk the
+-- destination's part of outbox_claim_idx instead (the whole queue, for every request).
+-- With stale statistics (an outbox analyzed while empty) a sequential scan of the whole
+-- queue looked cheapest: 200 ms per request on a 20,000-record queue; and every index
+-- looked one page big, so a walk of all of outbox_claim_idx (id is its second column)
+-- looked as cheap as the primary key. enable_seqscan = off rules out the first,
+-- cohortsync.plan_outbox_full the second (src/outbox_plan.c): the primary key wins.
 SET enable_seqscan = off
+SET cohortsync.plan_outbox_full = on
 AS $$
 DECLARE
     v_kind      text;
@@ -1691,6 +1998,7 @@ DECLARE
     v_delivered bigint := 0;
     v_nfailed   bigint := 0;
     v_phones    bigint := 0;
+    v_emails    bigint := 0;
     v_n         bigint;
     v_result    text := 'done';
 BEGIN
@@ -1734,8 +2042,7 @@ BEGIN
         END IF;
         -- the refused records, with the destination's code and message
         WITH gone AS (
-            DELETE FROM cohortsync.outbox o
-             WHERE o.id = ANY (v_answer.refused_ids) AND o.destination = p_destination
+            DELETE FROM cohortsync.outbox o WHERE o.id = ANY (v_answer.refused_ids)
             RETURNING o.*)
         INSERT INTO cohortsync.failed_records
                (id, destination, identity, record, change_id, created_at, attempts, code, message)
@@ -1749,10 +2056,9 @@ BEGIN
         WITH accepted AS (
             DELETE FROM cohortsync.outbox o
              WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_answer.refused_ids || v_retry)
-               AND o.destination = p_destination
-            RETURNING o.phone_dropped)
-        SELECT count(*), count(*) FILTER (WHERE a.phone_dropped)
-          INTO v_delivered, v_phones
+            RETURNING o.phone_dropped, o.email_dropped)
+        SELECT count(*), count(*) FILTER (WHERE a.phone_dropped), count(*) FILTER (WHERE a.email_dropped)
+          INTO v_delivered, v_phones, v_emails
           FROM accepted a;
     END IF;
 
@@ -1787,16 +2093,17 @@ BEGIN
 
     INSERT INTO cohortsync.destination_stats AS s
            (destination, requests, delivered, failed, phones_dropped, last_success_at,
-            last_error, last_error_at)
+            last_error, last_error_at, emails_dropped)
     VALUES (p_destination, 1, v_delivered, v_nfailed, v_phones,
             CASE WHEN v_answer.verdict IN ('accepted', 'partial') AND p_http BETWEEN 200 AND 299
                  THEN now() END,
-            v_error, CASE WHEN v_error IS NOT NULL THEN now() END)
+            v_error, CASE WHEN v_error IS NOT NULL THEN now() END, v_emails)
     ON CONFLICT (destination) DO UPDATE
        SET requests = s.requests + 1,
            delivered = s.delivered + EXCLUDED.delivered,
            failed = s.failed + EXCLUDED.failed,
            phones_dropped = s.phones_dropped + EXCLUDED.phones_dropped,
+           emails_dropped = s.emails_dropped + EXCLUDED.emails_dropped,
            last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
            last_error = coalesce(EXCLUDED.last_error, s.last_error),
            last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at);
@@ -1835,7 +2142,8 @@ SELECT d.name,
               THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
                           o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
          '')                                   AS reason,
-       d.kind
+       d.kind,
+       coalesce(s.emails_dropped, 0)           AS emails_dropped
   FROM cohortsync.destinations d
   LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
   LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
@@ -1850,8 +2158,11 @@ SELECT d.name,
                                               AND x.next_attempt_at > now())          AS next_retry
           FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
 COMMENT ON VIEW cohortsync.destination_status IS
-    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), and its kind.';
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped.';
 
+REVOKE ALL ON FUNCTION cohortsync._is_email(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._member_field(jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._member_first_name(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_records(text, text, text, text, text, text, jsonb, boolean, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_profile_records(text, text, jsonb, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._kind_connected(text) FROM PUBLIC;
@@ -1926,6 +2237,7 @@ SELECT d.name,
                           o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
          '')                                   AS reason,
        d.kind,
+       coalesce(s.emails_dropped, 0)           AS emails_dropped,
        coalesce(w.consecutive_failures, 0)     AS consecutive_failures,
        w.backoff_until
   FROM cohortsync.destinations d
@@ -1942,7 +2254,7 @@ SELECT d.name,
                                               AND x.next_attempt_at > now())          AS next_retry
           FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
 COMMENT ON VIEW cohortsync.destination_status IS
-    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, and the worker''s backoff after requests that failed in a row.';
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped, and the worker''s backoff after requests that failed in a row.';
 
 DROP FUNCTION cohortsync._worker_in_flight();
 ALTER FUNCTION cohortsync._worker_in_flight_new() RENAME TO _worker_in_flight;

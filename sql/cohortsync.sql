@@ -333,7 +333,8 @@ CREATE TABLE cohortsync.outbox (
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     lease_until     timestamptz,                -- set while a request carrying it is in flight
     leased_by       integer,                    -- pid of the worker holding the lease
-    last_error      text
+    last_error      text,
+    email_dropped   boolean     NOT NULL DEFAULT false   -- the member's email was not an address
 );
 -- claiming takes the oldest rows of one destination
 CREATE INDEX outbox_claim_idx ON cohortsync.outbox (destination, id);
@@ -380,7 +381,8 @@ CREATE TABLE cohortsync.destination_stats (
     phones_dropped   bigint      NOT NULL DEFAULT 0,
     last_success_at  timestamptz,
     last_error       text,
-    last_error_at    timestamptz
+    last_error_at    timestamptz,
+    emails_dropped   bigint      NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE cohortsync.destination_stats IS
     'Per-destination delivery counters and the last success and error.';
@@ -913,25 +915,27 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', name USING ERRCODE = 'undefined_object';
     END IF;
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM cohortsync.members m
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = m.project_id AND co.cohort_id = m.cohort_id
      CROSS JOIN LATERAL (
-        SELECT c.identity, c.record, c.phone_dropped
+        SELECT c.identity, c.record, c.phone_dropped, c.email_dropped
           FROM cohortsync._clevertap_records(
                    d.identity_property, d.event_name, d.cohorts_property, m.cohort_id,
                    coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) c
          WHERE d.kind = 'clevertap' AND c.record ->> 'type' = 'profile'
         UNION ALL
-        SELECT p.identity, p.record, p.phone_dropped
+        SELECT p.identity, p.record, p.phone_dropped, p.email_dropped
           FROM cohortsync._mparticle_records(
                    d.identity_property, d.settings, coalesce(co.name, m.cohort_id), m.distinct_id,
                    m.properties, true) p
          WHERE d.kind = 'mparticle'
         UNION ALL
-        SELECT b.identity, b.record, b.phone_dropped
+        SELECT b.identity, b.record, b.phone_dropped, b.email_dropped
           FROM cohortsync._braze_records(
                    d.identity_property, d.cohorts_property, d.settings, m.cohort_id,
                    coalesce(co.name, m.cohort_id), m.distinct_id, m.properties, true, now()) b
@@ -1043,6 +1047,39 @@ AS $$
     SELECT coalesce(phone ~ '^\+[1-9][0-9]{6,14}$', false)
 $$;
 
+-- Whether an email is an address (something@domain.tld), the rule every kind
+-- applies: CleverTap refuses a whole profile record with 515 for an email that is
+-- not one (recorded: "string", "1234", "$$$$$"), Braze refuses the object. Such an
+-- email is left out of the record and counted (outbox.email_dropped).
+CREATE FUNCTION cohortsync._is_email(email text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(email ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$', false)
+$$;
+
+-- A member's email or phone from its properties: the documented name (email,
+-- phone_number), else Mixpanel's reserved one ($email, $phone) when it is a
+-- string or a number. ingest fills members.email and members.phone the same way
+-- (src/page.c).
+CREATE FUNCTION cohortsync._member_field(properties jsonb, name text, reserved text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(properties ->> name,
+                    CASE WHEN jsonb_typeof(properties -> reserved) IN ('string', 'number')
+                         THEN properties ->> reserved END)
+$$;
+
+-- A member's first name: first_name, else, when neither first_name nor
+-- last_name is there, Mixpanel's $name whole.
+CREATE FUNCTION cohortsync._member_first_name(properties jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(properties ->> 'first_name',
+                    CASE WHEN properties ->> 'last_name' IS NULL
+                              AND jsonb_typeof(properties -> '$name') IN ('string', 'number')
+                         THEN properties ->> '$name' END)
+$$;
+
 -- The profile's Email, Phone and Name; empty values are left out. phone is sent as
 -- given: pass NULL for one that is not E.164.
 CREATE FUNCTION cohortsync._profile_fields(email text, phone text, first_name text,
@@ -1108,10 +1145,10 @@ CREATE FUNCTION cohortsync._clevertap_records(p_identity_property text, p_event_
                                               p_cohort_name text, p_distinct_id text,
                                               p_properties jsonb, p_added boolean,
                                               p_changed_at timestamptz)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
-    SELECT x.identity, r.record, r.phone_dropped
+    SELECT x.identity, r.record, r.phone_dropped, r.email_dropped
       FROM (SELECT m.identity, m.ts,
                    jsonb_build_object(
                        'identity', m.identity, 'type', 'event', 'ts', m.ts, 'evtName', p_event_name,
@@ -1127,25 +1164,29 @@ AS $$
                                                     jsonb_build_array(p_cohort_name)))
                    END
                    || CASE WHEN p_added THEN cohortsync._profile_fields(
-                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
-                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                             CASE WHEN m.email_ok THEN m.email END, CASE WHEN m.phone_ok THEN m.phone END,
+                             cohortsync._member_first_name(p_properties), p_properties ->> 'last_name')
                            ELSE '{}'::jsonb
                       END AS profile_data,
-                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
-              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped,
+                   p_added AND m.email IS NOT NULL AND m.email <> '' AND NOT m.email_ok AS email_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok,
+                           cohortsync._is_email(y.email) AS email_ok
                       FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
                                                                   p_distinct_id) AS identity,
                                    floor(extract(epoch FROM p_changed_at))::bigint AS ts,
-                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                                   cohortsync._normalize_phone(
+                                       cohortsync._member_field(p_properties, 'phone_number', '$phone')) AS phone,
+                                   cohortsync._member_field(p_properties, 'email', '$email') AS email
                             OFFSET 0) y
                     OFFSET 0) m
             OFFSET 0) x
      CROSS JOIN LATERAL (VALUES
-        (x.event, x.phone_dropped),
+        (x.event, x.phone_dropped, x.email_dropped),
         (CASE WHEN x.profile_data <> '{}'::jsonb THEN jsonb_build_object(
             'identity', x.identity, 'type', 'profile', 'ts', x.ts,
             'profileData', x.profile_data) END,
-         false)) r(record, phone_dropped)
+         false, false)) r(record, phone_dropped, email_dropped)
      WHERE r.record IS NOT NULL
 $$;
 
@@ -1154,20 +1195,23 @@ $$;
 CREATE FUNCTION cohortsync._clevertap_profile_records(p_identity_property text, p_distinct_id text,
                                                       p_properties jsonb, p_email text, p_phone text,
                                                       p_first_name text, p_last_name text)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT m.identity,
            jsonb_build_object('identity', m.identity, 'type', 'profile',
                               'ts', floor(extract(epoch FROM now()))::bigint,
                               'profileData', pd.profile_data),
-           m.phone IS NOT NULL AND NOT p.phone_ok
+           m.phone IS NOT NULL AND NOT p.phone_ok,
+           p_email IS NOT NULL AND p_email <> '' AND NOT p.email_ok
       FROM (SELECT cohortsync._clevertap_identity(p_properties, p_identity_property,
                                                   p_distinct_id) AS identity,
                    cohortsync._normalize_phone(p_phone) AS phone) m
-     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok,
+                                cohortsync._is_email(p_email) AS email_ok) p
      CROSS JOIN LATERAL (
-        SELECT cohortsync._profile_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+        SELECT cohortsync._profile_fields(CASE WHEN p.email_ok THEN p_email END,
+                                          CASE WHEN p.phone_ok THEN m.phone END,
                                           p_first_name, p_last_name) AS profile_data) pd
      WHERE pd.profile_data <> '{}'::jsonb
 $$;
@@ -1192,7 +1236,7 @@ $$;
 CREATE FUNCTION cohortsync._mparticle_records(p_identity_property text, p_settings jsonb,
                                               p_cohort_name text, p_distinct_id text,
                                               p_properties jsonb, p_added boolean)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT coalesce(m.mpid::text, p_distinct_id),
@@ -1202,7 +1246,7 @@ AS $$
                    ELSE jsonb_build_object('user_identities',
                                            jsonb_build_object('customer_id', p_distinct_id))
               END,
-           false
+           false, false
       FROM (SELECT cohortsync._mparticle_mpid(p_properties ->> p_identity_property) AS mpid
             OFFSET 0) m
 $$;
@@ -1229,10 +1273,10 @@ CREATE FUNCTION cohortsync._braze_records(p_identity_property text, p_cohorts_pr
                                           p_settings jsonb, p_cohort_id text, p_cohort_name text,
                                           p_distinct_id text, p_properties jsonb, p_added boolean,
                                           p_changed_at timestamptz)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
-    SELECT x.identity, r.record, r.phone_dropped
+    SELECT x.identity, r.record, r.phone_dropped, r.email_dropped
       FROM (SELECT m.identity,
                    jsonb_build_object('external_id', m.identity)
                    || CASE WHEN p_cohorts_property IS NULL THEN '{}'::jsonb
@@ -1241,22 +1285,26 @@ AS $$
                                                        jsonb_build_array(p_cohort_name)))
                       END
                    || CASE WHEN p_added THEN cohortsync._braze_fields(
-                             p_properties ->> 'email', CASE WHEN m.phone_ok THEN m.phone END,
-                             p_properties ->> 'first_name', p_properties ->> 'last_name')
+                             CASE WHEN m.email_ok THEN m.email END, CASE WHEN m.phone_ok THEN m.phone END,
+                             cohortsync._member_first_name(p_properties), p_properties ->> 'last_name')
                            ELSE '{}'::jsonb
                       END AS attributes,
-                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped
-              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok
+                   p_added AND m.phone IS NOT NULL AND NOT m.phone_ok AS phone_dropped,
+                   p_added AND m.email IS NOT NULL AND m.email <> '' AND NOT m.email_ok AS email_dropped
+              FROM (SELECT y.*, cohortsync._is_e164(y.phone) AS phone_ok,
+                           cohortsync._is_email(y.email) AS email_ok
                       FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
                                             p_distinct_id) AS identity,
-                                   cohortsync._normalize_phone(p_properties ->> 'phone_number') AS phone
+                                   cohortsync._normalize_phone(
+                                       cohortsync._member_field(p_properties, 'phone_number', '$phone')) AS phone,
+                                   cohortsync._member_field(p_properties, 'email', '$email') AS email
                             OFFSET 0) y
                     OFFSET 0) m
             OFFSET 0) x
      CROSS JOIN LATERAL (VALUES
         (CASE WHEN x.attributes - 'external_id' <> '{}'::jsonb
               THEN jsonb_build_object('attributes', x.attributes) END,
-         x.phone_dropped),
+         x.phone_dropped, x.email_dropped),
         (CASE WHEN p_settings ->> 'event_name' IS NOT NULL THEN jsonb_build_object('events',
             jsonb_build_object(
                 'external_id', x.identity,
@@ -1265,7 +1313,7 @@ AS $$
                 'properties', jsonb_build_object(
                     'cohort_name', p_cohort_name, 'cohort_id', p_cohort_id,
                     'action', CASE WHEN p_added THEN 'added' ELSE 'removed' END))) END,
-         false)) r(record, phone_dropped)
+         false, false)) r(record, phone_dropped, email_dropped)
      WHERE r.record IS NOT NULL
 $$;
 
@@ -1274,18 +1322,21 @@ $$;
 CREATE FUNCTION cohortsync._braze_profile_records(p_identity_property text, p_distinct_id text,
                                                   p_properties jsonb, p_email text, p_phone text,
                                                   p_first_name text, p_last_name text)
-RETURNS TABLE (identity text, record jsonb, phone_dropped boolean)
+RETURNS TABLE (identity text, record jsonb, phone_dropped boolean, email_dropped boolean)
 LANGUAGE sql STABLE
 AS $$
     SELECT m.identity,
            jsonb_build_object('attributes', jsonb_build_object('external_id', m.identity) || pd.fields),
-           m.phone IS NOT NULL AND NOT p.phone_ok
+           m.phone IS NOT NULL AND NOT p.phone_ok,
+           p_email IS NOT NULL AND p_email <> '' AND NOT p.email_ok
       FROM (SELECT coalesce(nullif(p_properties ->> p_identity_property, ''),
                             p_distinct_id) AS identity,
                    cohortsync._normalize_phone(p_phone) AS phone) m
-     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok) p
+     CROSS JOIN LATERAL (SELECT cohortsync._is_e164(m.phone) AS phone_ok,
+                                cohortsync._is_email(p_email) AS email_ok) p
      CROSS JOIN LATERAL (
-        SELECT cohortsync._braze_fields(p_email, CASE WHEN p.phone_ok THEN m.phone END,
+        SELECT cohortsync._braze_fields(CASE WHEN p.email_ok THEN p_email END,
+                                        CASE WHEN p.phone_ok THEN m.phone END,
                                         p_first_name, p_last_name) AS fields) pd
      WHERE pd.fields <> '{}'::jsonb
 $$;
@@ -1314,8 +1365,9 @@ BEGIN
     END IF;
     -- Within one statement every (cohort, member) changes once, so the records
     -- of one identity made here commute; no ORDER BY (it would sort millions).
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1326,7 +1378,7 @@ BEGIN
                 c.changed_at) r
      WHERE cohortsync._kind_connected('clevertap')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1336,7 +1388,7 @@ BEGIN
                 c.properties, c.change = 'added') r
      WHERE cohortsync._kind_connected('mparticle')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, c.id, r.phone_dropped, r.email_dropped
       FROM new_changes c
       LEFT JOIN cohortsync.cohorts co
              ON co.project_id = c.project_id AND co.cohort_id = c.cohort_id
@@ -1370,8 +1422,10 @@ BEGIN
     IF NOT cohortsync._queue_wanted() THEN
         RETURN NULL;
     END IF;
-    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped)
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, phone_dropped,
+                                   email_dropped)
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM new_members nm
       JOIN old_members om
         ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
@@ -1384,7 +1438,8 @@ BEGIN
            IS DISTINCT FROM (om.email, om.phone, om.first_name, om.last_name)
        AND cohortsync._kind_connected('clevertap')
     UNION ALL
-    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped
+    SELECT d.name, cohortsync._identity_key(r.identity), r.record, NULL::bigint, r.phone_dropped,
+           r.email_dropped
       FROM new_members nm
       JOIN old_members om
         ON om.project_id = nm.project_id AND om.cohort_id = nm.cohort_id
@@ -1457,6 +1512,8 @@ $$;
 -- after DROP EXTENSION, fail as one ordinary error the worker catches.
 
 -- Leases of a predecessor that died are void: there is only one worker.
+-- The one statement of the worker that reads the whole queue (no index has
+-- lease_until: every insert would pay for one), once, when the worker starts.
 CREATE FUNCTION cohortsync._release_leases()
 RETURNS bigint LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -1505,6 +1562,7 @@ SET enable_mergejoin = off
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET jit = off
+SET cohortsync.plan_outbox_full = on
 AS $$
     SELECT w.id, CASE WHEN w.ok THEN w.record::text END, w.ok,
            EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot())), w.change_key
@@ -1542,7 +1600,12 @@ $$;
 -- thousand queued rows or twenty million. A queue's statistics are always stale
 -- (a full sync inserts millions between two ANALYZEs), and with stale ones the
 -- planner prefers hashing and sorting the whole queue; the SET clauses below take
--- those plans off the menu, as membership.c does for the full-sync swap.
+-- those plans off the menu, as membership.c does for the full-sync swap. A queue
+-- analyzed while nearly empty is the worst case: every index then looks one page
+-- big, and the identity probe walked all of outbox_claim_idx (id is its second
+-- column) for every candidate. cohortsync.plan_outbox_full has the planner cost the
+-- outbox as full as its pages can be (src/outbox_plan.c); test/pgtap/delivery_plan.sql
+-- sets that trap.
 CREATE FUNCTION cohortsync._claim(p_destination text, p_limit integer, p_lease interval)
 RETURNS TABLE (id bigint, record text) LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -1552,6 +1615,7 @@ SET enable_mergejoin = off
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET jit = off
+SET cohortsync.plan_outbox_full = on
 AS $$
     WITH picked AS (
         SELECT o.id
@@ -1584,10 +1648,56 @@ $$;
 CREATE FUNCTION cohortsync._next_due()
 RETURNS double precision LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET cohortsync.plan_outbox_full = on
 AS $$
     SELECT extract(epoch FROM min(o.next_attempt_at) - now())::double precision
       FROM cohortsync.outbox o
      WHERE o.attempts > 0 AND o.next_attempt_at > now()
+$$;
+
+-- A drained queue made small again. Deleting delivered rows leaves the outbox's heap
+-- and indexes as big as the largest backlog they ever held: VACUUM does not give an
+-- index's empty pages back, nor the heap's while rows are being added at its end.
+-- When the outbox is empty and bigger than p_min_bytes, TRUNCATE gives it new, empty
+-- files. The delivery worker calls this when it has nothing in flight, at most every
+-- ten seconds.
+--
+-- TRUNCATE needs an ACCESS EXCLUSIVE lock. It is taken with NOWAIT, so this never
+-- waits, and so never queues a lock request that ingest would have to wait behind:
+-- when anything holds the outbox (an ingest transaction that queued records and has
+-- not committed, pg_dump, VACUUM, a reader), it gives up and the worker tries again
+-- later. Under the lock no other transaction can have uncommitted rows in the outbox,
+-- so emptiness is checked again there: nothing queued can be lost, and nothing is in
+-- flight (a record leaves the queue only once it has been answered for). Ingest that
+-- reaches the outbox while the lock is held waits for this transaction only: 12 ms
+-- after a drain of 300,000 records, 90 ms when VACUUM had not yet been through it
+-- (the commit unlinks the old files). The identity keeps counting (no RESTART
+-- IDENTITY): ids order an identity's records, and the worker's cursor stays below
+-- every new id.
+--
+-- Returns whether it truncated.
+CREATE FUNCTION cohortsync._shrink_outbox(p_min_bytes bigint DEFAULT 8 * 1024 * 1024)
+RETURNS boolean LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+BEGIN
+    -- cheap first: the size of the files, then one index entry
+    IF pg_total_relation_size('cohortsync.outbox') <= p_min_bytes
+       OR EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        LOCK TABLE cohortsync.outbox IN ACCESS EXCLUSIVE MODE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN false;
+    END;
+    IF EXISTS (SELECT FROM cohortsync.outbox) THEN
+        RETURN false;           -- committed between the first look and the lock
+    END IF;
+    TRUNCATE cohortsync.outbox;
+    RETURN true;
+END
 $$;
 
 -- The destinations the worker sends to, with everything it needs: the active
@@ -1948,10 +2058,16 @@ CREATE FUNCTION cohortsync._record_outcome(p_destination text, p_ids bigint[], p
                                            p_retry_after integer DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
--- Every statement below reaches outbox rows by id = ANY (...). With stale statistics
--- (an outbox analyzed while empty) a sequential scan of the whole queue looked
--- cheapest: 200 ms per request on a 20,000-record queue. The primary key always wins.
+-- Every statement below reaches outbox rows by id = ANY (...) and nothing else: ids
+-- are unique, and a "destination = p_destination" beside it let the planner walk the
+-- destination's part of outbox_claim_idx instead (the whole queue, for every request).
+-- With stale statistics (an outbox analyzed while empty) a sequential scan of the whole
+-- queue looked cheapest: 200 ms per request on a 20,000-record queue; and every index
+-- looked one page big, so a walk of all of outbox_claim_idx (id is its second column)
+-- looked as cheap as the primary key. enable_seqscan = off rules out the first,
+-- cohortsync.plan_outbox_full the second (src/outbox_plan.c): the primary key wins.
 SET enable_seqscan = off
+SET cohortsync.plan_outbox_full = on
 AS $$
 DECLARE
     v_kind      text;
@@ -1961,6 +2077,7 @@ DECLARE
     v_delivered bigint := 0;
     v_nfailed   bigint := 0;
     v_phones    bigint := 0;
+    v_emails    bigint := 0;
     v_n         bigint;
     v_result    text := 'done';
 BEGIN
@@ -2004,8 +2121,7 @@ BEGIN
         END IF;
         -- the refused records, with the destination's code and message
         WITH gone AS (
-            DELETE FROM cohortsync.outbox o
-             WHERE o.id = ANY (v_answer.refused_ids) AND o.destination = p_destination
+            DELETE FROM cohortsync.outbox o WHERE o.id = ANY (v_answer.refused_ids)
             RETURNING o.*)
         INSERT INTO cohortsync.failed_records
                (id, destination, identity, record, change_id, created_at, attempts, code, message)
@@ -2019,10 +2135,9 @@ BEGIN
         WITH accepted AS (
             DELETE FROM cohortsync.outbox o
              WHERE o.id = ANY (p_ids) AND NOT o.id = ANY (v_answer.refused_ids || v_retry)
-               AND o.destination = p_destination
-            RETURNING o.phone_dropped)
-        SELECT count(*), count(*) FILTER (WHERE a.phone_dropped)
-          INTO v_delivered, v_phones
+            RETURNING o.phone_dropped, o.email_dropped)
+        SELECT count(*), count(*) FILTER (WHERE a.phone_dropped), count(*) FILTER (WHERE a.email_dropped)
+          INTO v_delivered, v_phones, v_emails
           FROM accepted a;
     END IF;
 
@@ -2057,16 +2172,17 @@ BEGIN
 
     INSERT INTO cohortsync.destination_stats AS s
            (destination, requests, delivered, failed, phones_dropped, last_success_at,
-            last_error, last_error_at)
+            last_error, last_error_at, emails_dropped)
     VALUES (p_destination, 1, v_delivered, v_nfailed, v_phones,
             CASE WHEN v_answer.verdict IN ('accepted', 'partial') AND p_http BETWEEN 200 AND 299
                  THEN now() END,
-            v_error, CASE WHEN v_error IS NOT NULL THEN now() END)
+            v_error, CASE WHEN v_error IS NOT NULL THEN now() END, v_emails)
     ON CONFLICT (destination) DO UPDATE
        SET requests = s.requests + 1,
            delivered = s.delivered + EXCLUDED.delivered,
            failed = s.failed + EXCLUDED.failed,
            phones_dropped = s.phones_dropped + EXCLUDED.phones_dropped,
+           emails_dropped = s.emails_dropped + EXCLUDED.emails_dropped,
            last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
            last_error = coalesce(EXCLUDED.last_error, s.last_error),
            last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at);
@@ -2343,6 +2459,7 @@ SELECT d.name,
                           o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
          '')                                   AS reason,
        d.kind,
+       coalesce(s.emails_dropped, 0)           AS emails_dropped,
        coalesce(w.consecutive_failures, 0)     AS consecutive_failures,
        w.backoff_until
   FROM cohortsync.destinations d
@@ -2359,7 +2476,7 @@ SELECT d.name,
                                               AND x.next_attempt_at > now())          AS next_retry
           FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
 COMMENT ON VIEW cohortsync.destination_status IS
-    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, and the worker''s backoff after requests that failed in a row.';
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped, and the worker''s backoff after requests that failed in a row.';
 
 
 -------------------------------------------------------------------------------
@@ -2408,6 +2525,9 @@ REVOKE ALL ON FUNCTION cohortsync.drop_webhook_user(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_identity(jsonb, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._normalize_phone(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._is_e164(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._is_email(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._member_field(jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._member_first_name(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._profile_fields(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.connect_clevertap(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.disconnect_clevertap(text) FROM PUBLIC;
@@ -2442,6 +2562,7 @@ REVOKE ALL ON FUNCTION cohortsync.resync_destination(text, text, text) FROM PUBL
 REVOKE ALL ON FUNCTION cohortsync._release_leases() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._claim(text, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._next_due() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._shrink_outbox(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._record_outcome(text, bigint[], integer, text, text, interval, interval, bigint[], integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._kind_limits(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._region_host(text, text) FROM PUBLIC;

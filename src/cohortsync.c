@@ -20,6 +20,7 @@
 #include "guc_common.h"
 #include "history_prune.h"
 #include "http_listener.h"
+#include "outbox.h"
 #include "pg_compat.h"
 #include "worker_db.h"
 
@@ -34,6 +35,7 @@ _PG_init(void)
 	cs_define_common_gucs();
 	cs_change_origin_init();
 	cs_history_prune_init();
+	cs_outbox_plan_init();
 	cs_worker_db_init();
 	/* workers cohortsync cannot do without first: see cs_worker_check_slots */
 	cs_delivery_init();

@@ -270,6 +270,8 @@ cs_delivery_main(Datum main_arg)
 
 		/* cohortsync.history_retention: a few ms of pruning, when a pass is due */
 		pruning = cs_history_prune_tick();
+		/* a drained outbox gives its space back */
+		cs_outbox_shrink_tick(cs_requests == NIL);
 
 		now = GetCurrentTimestamp();
 		timeout_ms = next_claim > now ? (long) ((next_claim - now + 999) / 1000) : 0;

@@ -70,4 +70,13 @@ extern CsOutcome cs_outbox_record_outcome(const char *destination,
 										  int retry_age_s, int lease_ms,
 										  const int64 *rest, int nrest);
 
+/*
+ * In the delivery worker, between transactions: truncate the outbox when it is
+ * drained and big (outbox_shrink.c). idle: nothing is in flight.
+ */
+extern void cs_outbox_shrink_tick(bool idle);
+
+/* _PG_init: cohortsync.plan_outbox_full and its planner hook (outbox_plan.c) */
+extern void cs_outbox_plan_init(void);
+
 #endif							/* COHORTSYNC_OUTBOX_H */

@@ -46,6 +46,15 @@ typedef struct MemberSlot
 
 static const char *const member_fields[4] = {"email", "phone_number", "first_name", "last_name"};
 
+/*
+ * Mixpanel's reserved names for the same fields, read when the documented ones
+ * are absent: a real Mixpanel body carries $email, $phone and $name and none of
+ * the above. $name goes whole to first_name, and only when there is neither a
+ * first nor a last name. (The SQL record builders read properties the same way:
+ * _member_field, _member_first_name.)
+ */
+static const char *const reserved_fields[4] = {"$email", "$phone", "$name", NULL};
+
 const char *
 cs_action_name(CsAction action)
 {
@@ -281,6 +290,19 @@ parse_page_info(JsonbContainer *params, CsPage *page, char **err)
 	return true;
 }
 
+/* A profile field's text: a string, or a number (phone numbers do arrive as numbers). */
+static bool
+field_value(JsonbValue *v, Datum *value)
+{
+	if (v->type == jbvString)
+		*value = PointerGetDatum(cstring_to_text_with_len(v->val.string.val, v->val.string.len));
+	else if (v->type == jbvNumeric)
+		*value = CStringGetTextDatum(numeric_normalize(v->val.numeric));
+	else
+		return false;
+	return true;
+}
+
 /*
  * Read members[index] into slot. key_bytes is the length of the page's
  * project, cohort and session ids together (see CS_MAX_KEY_BYTES).
@@ -322,17 +344,21 @@ parse_member(JsonbValue *elem, int index, int key_bytes, MemberSlot *slot, char 
 		slot->fields[f] = (Datum) 0;
 		if (!get_key(member, member_fields[f], &v) || v.type == jbvNull)
 			continue;
-		if (v.type == jbvString)
-			slot->fields[f] = PointerGetDatum(cstring_to_text_with_len(v.val.string.val,
-																	   v.val.string.len));
-		else if (v.type == jbvNumeric)	/* phone numbers do arrive as numbers */
-			slot->fields[f] = CStringGetTextDatum(numeric_normalize(v.val.numeric));
-		else
+		if (!field_value(&v, &slot->fields[f]))
 		{
 			*err = psprintf("members[%d].%s must be a string, not %s",
 							index, member_fields[f], type_name(&v));
 			return false;
 		}
+		slot->field_null[f] = false;
+	}
+	for (int f = 0; f < (int) lengthof(reserved_fields); f++)
+	{
+		/* a reserved name of another type is ignored: it was never required */
+		if (reserved_fields[f] == NULL || !slot->field_null[f] ||
+			(f == 2 && !slot->field_null[3]) ||
+			!get_key(member, reserved_fields[f], &v) || !field_value(&v, &slot->fields[f]))
+			continue;
 		slot->field_null[f] = false;
 	}
 

@@ -98,7 +98,8 @@ SELECT is(ARRAY(SELECT a.attname::text FROM pg_attribute a
                  ORDER BY a.attnum),
           ARRAY['name', 'state', 'state_reason', 'paused_at', 'pending', 'in_flight', 'delivered',
                 'failed', 'oldest_pending_age', 'last_success_at', 'last_error', 'last_error_at',
-                'phones_dropped', 'requests', 'reason', 'kind', 'consecutive_failures', 'backoff_until'],
+                'phones_dropped', 'requests', 'reason', 'kind', 'emails_dropped', 'consecutive_failures',
+                'backoff_until'],
           'destination_status has these columns (a new one must be checked for secrets here)');
 SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
                  WHERE c.relnamespace = 'cohortsync'::regnamespace AND c.relkind IN ('v', 'm')
