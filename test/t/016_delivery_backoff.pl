@@ -66,7 +66,7 @@ my $t2 = time();
 ok(outbox_empty($node, 60), 'after: the outbox drains');
 my $t3 = time();
 note(sprintf('after: first success %.1f s after the outage ended; drained %.1f s later', $t2 - $t1, $t3 - $t2));
-cmp_ok($t3 - $t2, '<', 30, 'after: at full speed (20,000 records in well under 30 s)');
+cmp_ok($t3 - $t2, '<', 45, 'after: at full speed (20,000 records in under 45 s; before backoff per destination, not in 60)');
 is(sql("SELECT consecutive_failures || ' ' || coalesce(backoff_until::text, 'none') FROM cohortsync.destination_status"),
 	'0 none', 'after: destination_status shows no backoff');
 is_deeply(standin_tally($ct),
