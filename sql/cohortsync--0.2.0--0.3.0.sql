@@ -2188,3 +2188,95 @@ REVOKE ALL ON FUNCTION cohortsync._delivery_targets() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._jsonb_or_null(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._read_answer(text, integer, text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_answer(integer, text, jsonb, bigint[]) FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- Backoff per destination (issue #13): the worker publishes, besides what it has
+-- in flight, how many requests of a destination failed in a row and when the next
+-- may leave; destination_status shows both (new last columns).
+--
+-- _worker_in_flight() gains two columns. A function's result type cannot be
+-- changed in place, and dropping the view would drop the SELECT privileges
+-- granted on it: so the new function is made under another name, the view is
+-- pointed at it, the old one dropped and the new one renamed.
+-------------------------------------------------------------------------------
+
+CREATE FUNCTION cohortsync._worker_in_flight_new()
+RETURNS TABLE (destination text, records bigint, consecutive_failures integer,
+               backoff_until timestamptz)
+AS 'MODULE_PATHNAME', 'cohortsync_worker_in_flight'
+LANGUAGE C VOLATILE;
+
+CREATE OR REPLACE VIEW cohortsync.destination_status AS
+SELECT d.name,
+       d.state,
+       d.paused_reason                         AS state_reason,
+       d.paused_at,
+       greatest(coalesce(o.pending, 0) - coalesce(w.records, 0), 0) AS pending,
+       coalesce(o.in_flight, 0) + least(coalesce(w.records, 0), coalesce(o.pending, 0)) AS in_flight,
+       coalesce(s.delivered, 0)                AS delivered,
+       (SELECT count(*) FROM cohortsync.failed_records f
+         WHERE f.destination = d.name)         AS failed,
+       now() - o.oldest                        AS oldest_pending_age,
+       s.last_success_at,
+       s.last_error,
+       s.last_error_at,
+       coalesce(s.phones_dropped, 0)           AS phones_dropped,
+       coalesce(s.requests, 0)                 AS requests,
+       -- every obstacle, the one of the whole database first
+       nullif(concat_ws('; ',
+         b.blocker,
+         CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
+              THEN CASE WHEN d.kind = 'clevertap'
+                        THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()'
+                        ELSE 'no secret is stored: call cohortsync.set_destination_secret()' END END,
+         CASE WHEN d.state = 'paused'
+              THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
+                   || ' (call cohortsync.resume_destination())' END,
+         CASE WHEN o.retry_waiting > 0
+              THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
+                          o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
+         '')                                   AS reason,
+       d.kind,
+       coalesce(s.emails_dropped, 0)           AS emails_dropped,
+       coalesce(w.consecutive_failures, 0)     AS consecutive_failures,
+       w.backoff_until
+  FROM cohortsync.destinations d
+  LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
+  LEFT JOIN cohortsync._worker_in_flight_new() w ON w.destination = d.name
+  CROSS JOIN (SELECT cohortsync._delivery_blocker(
+                  (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')) AS blocker) b
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE x.lease_until IS NULL OR x.lease_until < now()) AS pending,
+               count(*) FILTER (WHERE x.lease_until >= now())                         AS in_flight,
+               min(x.created_at)                                                      AS oldest,
+               count(*) FILTER (WHERE x.attempts > 0 AND x.next_attempt_at > now())   AS retry_waiting,
+               min(x.next_attempt_at) FILTER (WHERE x.attempts > 0
+                                              AND x.next_attempt_at > now())          AS next_retry
+          FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
+COMMENT ON VIEW cohortsync.destination_status IS
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped, and the worker''s backoff after requests that failed in a row.';
+
+DROP FUNCTION cohortsync._worker_in_flight();
+ALTER FUNCTION cohortsync._worker_in_flight_new() RENAME TO _worker_in_flight;
+
+-------------------------------------------------------------------------------
+-- A connection test for every kind (issue #13).
+-------------------------------------------------------------------------------
+
+-- Whether a destination's credentials and region work: one harmless
+-- authenticated request that carries no user data (per kind, see
+-- docs/destination-apis.md, "Connection test"), sent from the calling backend
+-- with cohortsync.connect_timeout, request_timeout and ca_file, and judged by
+-- _read_answer. Returns {"ok", "kind", "http_status", "verdict", "reason"};
+-- the secret is in none of them. Reads the secret: the settings that keep a
+-- secret out of the log apply, as for the functions that take one.
+CREATE FUNCTION cohortsync.test_destination(name text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cohortsync_test_destination'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning;
+COMMENT ON FUNCTION cohortsync.test_destination(text) IS
+    'Send the destination''s connection test (no user data) and say whether its credentials and region work.';
+REVOKE ALL ON FUNCTION cohortsync.test_destination(text) FROM PUBLIC;

@@ -635,6 +635,23 @@ $$;
 COMMENT ON FUNCTION cohortsync.disconnect_clevertap(text) IS
     'Disconnect a destination and forget everything queued or failed for it.';
 
+-- Whether a destination's credentials and region work: one harmless
+-- authenticated request that carries no user data (per kind, see
+-- docs/destination-apis.md, "Connection test"), sent from the calling backend
+-- with cohortsync.connect_timeout, request_timeout and ca_file, and judged by
+-- _read_answer. Returns {"ok", "kind", "http_status", "verdict", "reason"};
+-- the secret is in none of them. Reads the secret: the settings that keep a
+-- secret out of the log apply, as for the functions that take one.
+CREATE FUNCTION cohortsync.test_destination(name text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cohortsync_test_destination'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
+SET log_min_messages = warning;
+COMMENT ON FUNCTION cohortsync.test_destination(text) IS
+    'Send the destination''s connection test (no user data) and say whether its credentials and region work.';
+
 -- Stores the passcode of any destination, also one without a row in
 -- destination_secrets (a restore that left the passcodes out: see README).
 CREATE FUNCTION cohortsync.set_clevertap_passcode(name text, passcode text)
@@ -2174,13 +2191,16 @@ END
 $$;
 
 -- What the worker has in flight, per destination, as it publishes it in shared
--- memory (nothing when the library is not preloaded or no worker runs).
+-- memory (nothing when the library is not preloaded or no worker runs), and the
+-- backoff of a destination whose requests fail as a whole: how many failed in a
+-- row and when the next may leave (NULL: none since the last success).
 -- Executable by PUBLIC, an exception: destination_status calls it with the
 -- reader's rights (a view checks function privileges as the view's user). It
--- shows no more than the view does (a count per destination name), and only to
--- roles that were given USAGE on the schema.
+-- shows no more than the view does (counts and a time per destination name),
+-- and only to roles that were given USAGE on the schema.
 CREATE FUNCTION cohortsync._worker_in_flight()
-RETURNS TABLE (destination text, records bigint)
+RETURNS TABLE (destination text, records bigint, consecutive_failures integer,
+               backoff_until timestamptz)
 AS 'MODULE_PATHNAME', 'cohortsync_worker_in_flight'
 LANGUAGE C VOLATILE;
 
@@ -2439,7 +2459,9 @@ SELECT d.name,
                           o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
          '')                                   AS reason,
        d.kind,
-       coalesce(s.emails_dropped, 0)           AS emails_dropped
+       coalesce(s.emails_dropped, 0)           AS emails_dropped,
+       coalesce(w.consecutive_failures, 0)     AS consecutive_failures,
+       w.backoff_until
   FROM cohortsync.destinations d
   LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
   LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
@@ -2454,7 +2476,7 @@ SELECT d.name,
                                               AND x.next_attempt_at > now())          AS next_retry
           FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
 COMMENT ON VIEW cohortsync.destination_status IS
-    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped.';
+    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped, and the worker''s backoff after requests that failed in a row.';
 
 
 -------------------------------------------------------------------------------
@@ -2509,6 +2531,7 @@ REVOKE ALL ON FUNCTION cohortsync._member_first_name(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._profile_fields(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.connect_clevertap(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.disconnect_clevertap(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync.test_destination(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.set_clevertap_passcode(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.pause_destination(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync.resume_destination(text) FROM PUBLIC;

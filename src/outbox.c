@@ -59,12 +59,8 @@ cs_outbox_destinations(MemoryContext cxt)
 {
 	List	   *result = NIL;
 
-	if (SPI_execute("SELECT d.name, cohortsync._clevertap_base_url(d.region, d.api_url),"
-					"       d.account_id, s.passcode"
-					"  FROM cohortsync.destinations d"
-					"  JOIN cohortsync.destination_secrets s ON s.name = d.name"
-					" WHERE d.state = 'active'"
-					" ORDER BY d.name", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT name, kind, base_url, account_id, secret, batch_size, max_inflight"
+					"  FROM cohortsync._delivery_targets()", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "cohortsync: could not read destinations");
 
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -74,10 +70,15 @@ cs_outbox_destinations(MemoryContext cxt)
 		CsDestination *d = MemoryContextAllocZero(cxt, sizeof(CsDestination));
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 
+		bool		isnull;
+
 		d->name = copy_value(cxt, t, desc, 1);
-		d->base_url = copy_value(cxt, t, desc, 2);
-		d->account_id = copy_value(cxt, t, desc, 3);
-		d->passcode = copy_value(cxt, t, desc, 4);
+		d->kind = copy_value(cxt, t, desc, 2);
+		d->base_url = copy_value(cxt, t, desc, 3);
+		d->account_id = copy_value(cxt, t, desc, 4);
+		d->secret = copy_value(cxt, t, desc, 5);
+		d->batch_size = DatumGetInt32(SPI_getbinval(t, desc, 6, &isnull));
+		d->max_inflight = DatumGetInt32(SPI_getbinval(t, desc, 7, &isnull));
 		result = lappend(result, d);
 		MemoryContextSwitchTo(old);
 	}
@@ -224,15 +225,21 @@ interval_datum(const char *fmt, int n)
 							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
 }
 
+/*
+ * Hand a request's outcome to cohortsync._record_outcome, which reads the
+ * answer for the destination's kind and settles the records. http_status 0:
+ * no answer (error says why); retry_after < 0: the answer had none.
+ */
 CsOutcome
 cs_outbox_record_outcome(const char *destination, const int64 *ids, int nids,
 						 long http_status, const char *body, const char *error,
-						 int retry_age_s, int lease_ms, const int64 *rest, int nrest)
+						 long retry_after, int retry_age_s, int lease_ms,
+						 const int64 *rest, int nrest)
 {
-	Oid			argtypes[8] = {TEXTOID, INT8ARRAYOID, INT4OID, TEXTOID, TEXTOID,
-	INTERVALOID, INTERVALOID, INT8ARRAYOID};
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			argtypes[9] = {TEXTOID, INT8ARRAYOID, INT4OID, TEXTOID, TEXTOID,
+	INTERVALOID, INTERVALOID, INT8ARRAYOID, INT4OID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	char	   *result;
 
 	values[0] = CStringGetTextDatum(destination);
@@ -245,15 +252,24 @@ cs_outbox_record_outcome(const char *destination, const int64 *ids, int nids,
 	values[5] = interval_datum("%d seconds", retry_age_s);
 	values[6] = interval_datum("%d milliseconds", lease_ms);
 	values[7] = int8_array(rest, nrest);
+	values[8] = Int32GetDatum((int32) Min(retry_after, (long) PG_INT32_MAX));
+	nulls[8] = retry_after >= 0 ? ' ' : 'n';
 
-	if (SPI_execute_with_args("SELECT cohortsync._record_outcome($1, $2, $3, $4, $5, $6, $7, $8)",
-							  8, argtypes, values, nulls, false, 0) != SPI_OK_SELECT ||
+	if (SPI_execute_with_args("SELECT cohortsync._record_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+							  9, argtypes, values, nulls, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "cohortsync: could not record a delivery outcome");
 	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (result && strcmp(result, "split") == 0)
+	if (result == NULL)
+		elog(ERROR, "cohortsync: _record_outcome returned NULL");
+	if (strcmp(result, "done") == 0)
+		return CS_OUTCOME_DONE;
+	if (strcmp(result, "requeued") == 0)
+		return CS_OUTCOME_REQUEUED;
+	if (strcmp(result, "split") == 0)
 		return CS_OUTCOME_SPLIT;
-	if (result && strcmp(result, "retry") == 0)
+	if (strcmp(result, "retry") == 0)
 		return CS_OUTCOME_RETRY;
-	return CS_OUTCOME_DONE;
+	elog(ERROR, "cohortsync: _record_outcome returned \"%s\"", result);
+	return CS_OUTCOME_RETRY;	/* keep the compiler quiet */
 }

@@ -12,9 +12,12 @@
 typedef struct CsDestination
 {
 	char	   *name;
-	char	   *base_url;		/* https://<host>, or api_url */
-	char	   *account_id;
-	char	   *passcode;
+	char	   *kind;			/* destination_kind.h */
+	char	   *base_url;		/* https://<host>, or api_url: no path, no trailing slash */
+	char	   *account_id;		/* NULL for kinds that have none */
+	char	   *secret;
+	int			batch_size;		/* records per request, within the kind's limit */
+	int			max_inflight;	/* requests in flight, within the kind's limit */
 } CsDestination;
 
 /* Records claimed for one request, in id order. */
@@ -25,11 +28,13 @@ typedef struct CsClaim
 	char	  **records;		/* each record's JSON text */
 } CsClaim;
 
+/* What cohortsync._record_outcome says the worker does next. */
 typedef enum CsOutcome
 {
 	CS_OUTCOME_DONE,			/* settled; send the rest of the claim, if any */
-	CS_OUTCOME_SPLIT,			/* HTTP 400 on several records: send them in halves */
-	CS_OUTCOME_RETRY			/* everything left waits (backoff, or paused) */
+	CS_OUTCOME_REQUEUED,		/* settled, some records wait behind the cursor */
+	CS_OUTCOME_SPLIT,			/* a refusal naming no record: send them in halves */
+	CS_OUTCOME_RETRY			/* the request failed as a whole, or paused: all wait */
 } CsOutcome;
 
 /*
@@ -61,7 +66,8 @@ extern double cs_outbox_next_due(void);
 extern CsOutcome cs_outbox_record_outcome(const char *destination,
 										  const int64 *ids, int nids,
 										  long http_status, const char *body,
-										  const char *error, int retry_age_s, int lease_ms,
+										  const char *error, long retry_after,
+										  int retry_age_s, int lease_ms,
 										  const int64 *rest, int nrest);
 
 /*

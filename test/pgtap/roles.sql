@@ -5,7 +5,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(86);
+SELECT plan(88);
 
 CREATE ROLE cs_test_ingest;
 CREATE ROLE cs_test_reader;
@@ -98,7 +98,8 @@ SELECT is(ARRAY(SELECT a.attname::text FROM pg_attribute a
                  ORDER BY a.attnum),
           ARRAY['name', 'state', 'state_reason', 'paused_at', 'pending', 'in_flight', 'delivered',
                 'failed', 'oldest_pending_age', 'last_success_at', 'last_error', 'last_error_at',
-                'phones_dropped', 'requests', 'reason', 'kind', 'emails_dropped'],
+                'phones_dropped', 'requests', 'reason', 'kind', 'emails_dropped', 'consecutive_failures',
+                'backoff_until'],
           'destination_status has these columns (a new one must be checked for secrets here)');
 SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
                  WHERE c.relnamespace = 'cohortsync'::regnamespace AND c.relkind IN ('v', 'm')
@@ -135,6 +136,7 @@ SELECT throws_ok(q, '42501', NULL, 'reader may not: ' || q)
                ($$SELECT cohortsync.connect_clevertap('evil', 'ACC', 'cs-secret-evil', 'eu1', 'http://evil.example')$$),
                ($$SELECT cohortsync.set_clevertap_passcode('ct', 'cs-secret-evil')$$),
                ($$SELECT cohortsync.disconnect_clevertap('ct')$$),
+               ($$SELECT cohortsync.test_destination('ct')$$),
                ($$SELECT cohortsync.pause_destination('ct')$$),
                ($$SELECT cohortsync.resume_destination('ct')$$),
                ($$SELECT cohortsync.replay_failed()$$),
@@ -179,6 +181,7 @@ SELECT throws_ok(q, '42501', NULL, 'ingest role may not: ' || q)
                ($$SELECT cohortsync.pause_destination('ct')$$),
                ($$SELECT cohortsync.resume_destination('ct')$$),
                ($$SELECT cohortsync.disconnect_clevertap('ct')$$),
+               ($$SELECT cohortsync.test_destination('ct')$$),
                ($$SELECT cohortsync.add_webhook_user('evil', 'cs-secret-evil')$$),
                ($$SELECT cohortsync.explain_swap('1001', 'r1', 's')$$),
                ($$SELECT cohortsync.grant_read('cs_test_ingest')$$),

@@ -1,5 +1,5 @@
-# Helpers for the delivery TAP tests: the CleverTap stand-in, a node with the
-# extension and a destination, webhook pages, and waiting.
+# Helpers for the delivery TAP tests: the stand-ins of every destination kind, a
+# node with the extension and a destination, webhook pages, and waiting.
 package CsDelivery;
 
 use strict;
@@ -16,7 +16,10 @@ use Test::More;
 
 our @EXPORT = qw(start_standin stop_standin standin_get standin_post new_delivery_node page_sql
   wait_until outbox_empty delivered_records canonical standin_tally standin_requests worker_pid
-  $PASSCODE);
+  connect_sql @KINDS $PASSCODE);
+
+# The destination kinds; each has a stand-in test/standin/<kind>_standin.py.
+our @KINDS = qw(clevertap mparticle braze);
 
 # Every passcode and password the tests use contains "cs-secret": scripts/test
 # runs every suite with log_statement = all and DEBUG1 logging, then fails if
@@ -38,14 +41,26 @@ END
 	$_->kill_kill(grace => 2) for grep { $_->pumpable } @standins;
 }
 
-# Start the stand-in on a free port (or on port => N, e.g. the port of one that was
-# stopped); returns { port, handle, url }.
+# The stand-in of a kind: CS_STANDIN is CleverTap's, the others are beside it.
+sub standin_script
+{
+	my ($kind) = @_;
+	return $ENV{CS_STANDIN} if ($kind // 'clevertap') eq 'clevertap';
+	(my $script = $ENV{CS_STANDIN}) =~ s{clevertap_standin\.py$}{${kind}_standin.py};
+	return $script;
+}
+
+# Start a stand-in (kind => 'clevertap' by default) on a free port (or on
+# port => N, e.g. the port of one that was stopped); returns { port, handle, url, kind }.
+# Every stand-in takes --account/--passcode: mParticle's as its api key and
+# secret, Braze's passcode as its api key.
 sub start_standin
 {
 	my (%opt) = @_;
 	my $dir = PostgreSQL::Test::Utils::tempdir();
 	my $port_file = "$dir/port";
-	my @cmd = ('python3', $ENV{CS_STANDIN}, '--port', $opt{port} // '0', '--port-file', $port_file,
+	my $kind = $opt{kind} // 'clevertap';
+	my @cmd = ('python3', standin_script($kind), '--port', $opt{port} // '0', '--port-file', $port_file,
 		'--account', $opt{account} // 'ACC', '--passcode', $opt{passcode} // $PASSCODE,
 		@{ $opt{args} // [] });
 	my ($out, $err) = ('', '');
@@ -60,7 +75,7 @@ sub start_standin
 	my $port = PostgreSQL::Test::Utils::slurp_file($port_file);
 	chomp $port;
 	my $scheme = $opt{args} && grep({ $_ eq '--tls-cert' } @{ $opt{args} }) ? 'https' : 'http';
-	return { port => $port, handle => $h, url => "$scheme://127.0.0.1:$port" };
+	return { port => $port, handle => $h, url => "$scheme://127.0.0.1:$port", kind => $kind };
 }
 
 # Stop a stand-in (SIGTERM); its port then refuses connections.
@@ -71,30 +86,47 @@ sub stop_standin
 	return;
 }
 
-# How often each record arrived at the stand-in: { "identity type action" => n },
-# action being Added/Removed for events and $add/$remove for profiles. Python
-# reads /_records: decoding hundreds of thousands of records in pure Perl
-# (JSON::PP) would take minutes.
+# How often each record arrived at the stand-in: { "identity what action" => n }.
+# CleverTap: what is "event" or "profile", action Added/Removed for events and
+# $add/$remove for profiles. mParticle: what is "batch", action "<cohort>=true|false".
+# Braze: what is "attributes" (action add/remove of the cohorts property) or
+# "events" (action the event's name). Python reads /_records: decoding hundreds
+# of thousands of records in pure Perl (JSON::PP) would take minutes.
 sub standin_tally
 {
 	my ($s) = @_;
 	my $py = <<'PY';
 import json, sys, urllib.request
+kind = sys.argv[2]
 recs = json.load(urllib.request.urlopen(sys.argv[1] + "/_records", timeout=120))["records"]
 tally = {}
-for r in recs:
-    if r.get("type") == "event":
-        action = (r.get("evtData") or {}).get("Action", "")
-    else:
-        mc = (r.get("profileData") or {}).get("Mixpanel Cohorts") or {}
-        action = "".join(sorted(mc.keys())) or "-"
-    key = "%s %s %s" % (r.get("identity"), r.get("type"), action)
+def count(key):
     tally[key] = tally.get(key, 0) + 1
+for r in recs:
+    if kind == "mparticle":
+        ident = str(r["mpid"]) if "mpid" in r else (r.get("user_identities") or {}).get("customer_id")
+        attrs = r.get("user_attributes") or {}
+        action = ",".join("%s=%s" % (k, json.dumps(v)) for k, v in sorted(attrs.items())
+                          if isinstance(v, bool)) or "-"
+        count("%s batch %s" % (ident, action))
+    elif kind == "braze":
+        if r.get("_array") == "events":
+            count("%s events %s" % (r.get("external_id"), r.get("name")))
+        else:
+            mc = r.get("Mixpanel Cohorts") or {}
+            count("%s attributes %s" % (r.get("external_id"), "".join(sorted(mc.keys())) or "-"))
+    else:
+        if r.get("type") == "event":
+            action = (r.get("evtData") or {}).get("Action", "")
+        else:
+            mc = (r.get("profileData") or {}).get("Mixpanel Cohorts") or {}
+            action = "".join(sorted(mc.keys())) or "-"
+        count("%s %s %s" % (r.get("identity"), r.get("type"), action))
 for k, n in tally.items():
     print("%s\t%d" % (k, n))
 PY
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'python3', '-c', $py, $s->{url} ], '>', \$out, '2>', \$err)
+	IPC::Run::run([ 'python3', '-c', $py, $s->{url}, $s->{kind} // 'clevertap' ], '>', \$out, '2>', \$err)
 	  or die "standin_tally: $err";
 	my %tally = map { split /\t/ } split /\n/, $out;
 	return \%tally;
@@ -181,10 +213,23 @@ sub new_delivery_node
 	$node->safe_psql('postgres', "CREATE DATABASE $db") if $db ne 'postgres';
 	$node->safe_psql($db, "CREATE EXTENSION cohortsync");
 	$node->safe_psql($db, page_sql());
-	$node->safe_psql($db,
-		"SELECT cohortsync.connect_clevertap('ct', 'ACC', '$PASSCODE', 'eu1', '$standin->{url}')")
-	  if $standin;
+	$node->safe_psql($db, connect_sql($standin->{kind}, 'ct', $standin->{url})) if $standin;
 	return $node;
+}
+
+# The statement that connects destination $name of $kind to $url with the
+# stand-in's credentials (or secret => ... instead of $PASSCODE).
+sub connect_sql
+{
+	my ($kind, $name, $url, %opt) = @_;
+	my $secret = $opt{secret} // $PASSCODE;
+	return "SELECT cohortsync.connect_clevertap('$name', 'ACC', '$secret', 'eu1', '$url')"
+	  if ($kind // 'clevertap') eq 'clevertap';
+	return "SELECT cohortsync.connect_mparticle('$name', 'ACC', '$secret', 'us1', '$url')"
+	  if $kind eq 'mparticle';
+	return "SELECT cohortsync.connect_braze('$name', '$secret', 'US-01', '$url')"
+	  if $kind eq 'braze';
+	die "unknown kind $kind";
 }
 
 # public.page(action, session, ids, cohort, name): one webhook page; members

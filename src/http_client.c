@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
- * clevertap_http.c
- *	  Uploads to CleverTap over libcurl's multi interface, driven by the
- *	  delivery worker's wait loop.
+ * http_client.c
+ *	  HTTP requests over libcurl's multi interface, driven by the caller's
+ *	  wait loop. Knows no destination: the kind (destination_kind.h) says
+ *	  where a request goes and what it carries.
  *
  * One multi handle lives as long as the process, so connections (and TLS
  * sessions) are reused from one request to the next. libcurl tells us which
@@ -21,20 +22,22 @@
 #include "postgres.h"
 
 #include <curl/curl.h>
+#include <limits.h>
+#include <time.h>
 
 #include "miscadmin.h"
 #include "portability/instr_time.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
 
-#include "clevertap_http.h"
+#include "http_client.h"
 #include "pg_compat.h"
 
 int			cs_connect_timeout_ms = 10000;
 int			cs_request_timeout_ms = 60000;
 char	   *cs_ca_file = NULL;
 
-/* A CleverTap answer is a few KB; anything beyond this is not worth keeping. */
+/* A destination's answer is a few KB; anything beyond this is not worth keeping. */
 #define MAX_RESPONSE_BYTES (2 * 1024 * 1024)
 /* Sockets libcurl may want watched at once: 15 requests per destination, many destinations. */
 #define MAX_SOCKETS 256
@@ -117,11 +120,65 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
+/*
+ * The seconds of a Retry-After value: delay-seconds or an HTTP-date (RFC 9110
+ * 10.2.3); -1 when it is neither. Never raises: called from within libcurl.
+ */
+static long
+parse_retry_after(const char *v, size_t len)
+{
+	char		buf[64];
+	char	   *end;
+	long		secs;
+	time_t		when;
+
+	while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
+		len--;
+	while (len > 0 && (*v == ' ' || *v == '\t'))
+		v++, len--;
+	if (len == 0 || len >= sizeof(buf))
+		return -1;
+	memcpy(buf, v, len);
+	buf[len] = '\0';
+	if (buf[0] >= '0' && buf[0] <= '9')
+	{
+		errno = 0;
+		secs = strtol(buf, &end, 10);
+		if (*end != '\0' || errno != 0)
+			return -1;
+		return Min(secs, (long) INT_MAX);
+	}
+	when = curl_getdate(buf, NULL);
+	if (when == (time_t) -1)
+		return -1;
+	return when > time(NULL) ? Min((long) (when - time(NULL)), (long) INT_MAX) : 0;
+}
+
+/* libcurl: one header line of the answer. Only Retry-After is kept. */
+static size_t
+header_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	CsHttpCall *call = (CsHttpCall *) userp;
+	size_t		n = size * nmemb;
+	static const char name[] = "retry-after:";
+
+	/* a new status line (after a 100 Continue, say): forget the previous answer's */
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+		call->retry_after = -1;
+	else if (n > sizeof(name) - 1 && pg_strncasecmp(data, name, sizeof(name) - 1) == 0)
+		call->retry_after = parse_retry_after(data + sizeof(name) - 1, n - (sizeof(name) - 1));
+	return n;
+}
+
 void
 cs_http_init(void)
 {
-	CURLcode	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+	CURLcode	rc;
 
+	/* a backend may make requests more than once (cohortsync.test_destination) */
+	if (multi != NULL)
+		return;
+	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (rc != CURLE_OK)
 		elog(ERROR, "cohortsync: could not initialise libcurl: %s", curl_easy_strerror(rc));
 	multi = curl_multi_init();
@@ -131,54 +188,58 @@ cs_http_init(void)
 	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
 }
 
-static void
-set_header(struct curl_slist **list, const char *name, const char *value)
+void
+cs_http_add_header(CsHttpCall *call, const char *name, const char *value)
 {
-	/* built in a local buffer and wiped: one of these is the passcode */
+	/* built in a local buffer and wiped: some of these carry a secret */
 	size_t		len = strlen(name) + strlen(value) + 3;
 	char	   *line = palloc(len);
 	struct curl_slist *l;
 
 	/* "Name:" with nothing after the colon removes a header libcurl would add */
 	snprintf(line, len, value[0] ? "%s: %s" : "%s:", name, value);
-	l = curl_slist_append(*list, line);
+	l = curl_slist_append((struct curl_slist *) call->headers, line);
 	explicit_bzero(line, len);
 	pfree(line);
 	if (l == NULL)
 		elog(ERROR, "cohortsync: out of memory building request headers");
-	*list = l;
+	call->headers = l;
 }
 
 void
-cs_http_start(CsHttpCall *call, const char *base_url, const char *account_id,
-			  const char *passcode, const StringInfo body)
+cs_http_forget_headers(CsHttpCall *call)
+{
+	/* libcurl's copies of the header lines, secrets among them, go here */
+	curl_slist_free_all((struct curl_slist *) call->headers);
+	call->headers = NULL;
+}
+
+void
+cs_http_start(CsHttpCall *call, const char *method, const char *url, const StringInfo body)
 {
 	CURL	   *easy;
-	char	   *url;
-	struct curl_slist *headers = NULL;
 	CURLMcode	mrc;
 
 	Assert(multi != NULL);
 	call->http_status = 0;
 	call->finished = false;
 	call->errbuf[0] = '\0';
+	call->retry_after = -1;
 	/* allocated once at the cap, so write_cb never allocates inside libcurl */
 	initStringInfo(&call->response);
 	enlargeStringInfo(&call->response, MAX_RESPONSE_BYTES + 1);
 
 	easy = curl_easy_init();
 	if (easy == NULL)
+	{
+		cs_http_forget_headers(call);
 		elog(ERROR, "cohortsync: could not create a libcurl handle");
+	}
 
-	url = psprintf("%s/1/upload", base_url);
-	set_header(&headers, "X-CleverTap-Account-Id", account_id);
-	set_header(&headers, "X-CleverTap-Passcode", passcode);
-	set_header(&headers, "Content-Type", "application/json; charset=utf-8");
 	/* no "Expect: 100-continue" round trip for large bodies */
-	set_header(&headers, "Expect", "");
+	cs_http_add_header(call, "Expect", "");
 
 	curl_easy_setopt(easy, CURLOPT_URL, url);	/* libcurl copies it */
-	pfree(url);
 #if LIBCURL_VERSION_NUM >= 0x075500
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 #else
@@ -186,15 +247,22 @@ cs_http_start(CsHttpCall *call, const char *base_url, const char *account_id,
 #endif
 	/*
 	 * Never CURLOPT_VERBOSE nor a CURLOPT_DEBUGFUNCTION: libcurl would write the
-	 * request headers, X-CleverTap-Passcode included, to stderr, which is the
-	 * server log (scripts/test scans every log for passcodes).
+	 * request headers, the destination's secret included, to stderr, which is
+	 * the server log (scripts/test scans every log for secrets).
 	 */
-	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(easy, CURLOPT_POST, 1L);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body->data);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body->len);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, call->headers);
+	if (body != NULL)
+	{
+		curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body->data);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body->len);
+	}
+	if (strcmp(method, body != NULL ? "POST" : "GET") != 0)
+		curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, call);
+	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_cb);
+	curl_easy_setopt(easy, CURLOPT_HEADERDATA, call);
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, call->errbuf);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, call);
 	/* signals belong to PostgreSQL; curl must not install handlers or use alarm() */
@@ -212,11 +280,10 @@ cs_http_start(CsHttpCall *call, const char *base_url, const char *account_id,
 	if (mrc != CURLM_OK)
 	{
 		curl_easy_cleanup(easy);
-		curl_slist_free_all(headers);
+		cs_http_forget_headers(call);
 		elog(ERROR, "cohortsync: could not start a request: %s", curl_multi_strerror(mrc));
 	}
 	call->easy = easy;
-	call->headers = headers;
 	in_flight++;
 }
 
@@ -227,10 +294,8 @@ release(CsHttpCall *call)
 		return;
 	curl_multi_remove_handle(multi, (CURL *) call->easy);
 	curl_easy_cleanup((CURL *) call->easy);
-	/* the passcode header: libcurl's copy is freed here */
-	curl_slist_free_all((struct curl_slist *) call->headers);
+	cs_http_forget_headers(call);
 	call->easy = NULL;
-	call->headers = NULL;
 	in_flight--;
 }
 
