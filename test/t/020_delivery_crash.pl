@@ -1,6 +1,7 @@
-# Delivery survives: kill -9 of the worker mid-batch, an immediate restart of
-# the server, DROP EXTENSION while requests are in flight, DROP DATABASE of
-# cohortsync.database. Nothing is lost; duplicates stay bounded.
+# Delivery survives: kill -9 of the worker mid-batch (to every kind of
+# destination), an immediate restart of the server, DROP EXTENSION while
+# requests are in flight, DROP DATABASE of cohortsync.database. Nothing is
+# lost; duplicates stay bounded.
 use strict;
 use warnings;
 
@@ -34,27 +35,98 @@ sub check_delivery
 }
 
 #------------------------------------------------------------------------------
-# kill -9 of the worker while a batch hangs in flight
+# kill -9 of the worker while a batch to each kind of destination hangs in
+# flight: CleverTap's "ct" and one destination of every other kind, each at its
+# own stand-in. Members k1 to k50 are removed again at once: the removal of
+# those whose addition is in flight waits behind it, and every removal must
+# still arrive after its addition once the worker is back.
 #------------------------------------------------------------------------------
+my ($standin, $dest) = connect_every_kind($node, $ct);
+# the batch in flight at the kill: cohortsync.batch_size (1000), within each kind's limit
+my %batch = (clevertap => 1000, mparticle => 100, braze => 75);
+
+# Whether each member is in cohort "Crash" as the destination last heard it:
+# CleverTap's last profile record of the member, mParticle's last batch of the
+# member, Braze's user as /_users shows it after applying every object.
+sub final_state
+{
+	my ($kind, $s) = @_;
+	my %in;
+	if ($kind eq 'braze')
+	{
+		my $users = standin_get($s, '/_users')->{users};
+		for my $id (keys %$users)
+		{
+			$in{$id} = (grep { $_ eq 'Crash' } @{ $users->{$id}{'Mixpanel Cohorts'} // [] }) ? 1 : 0;
+		}
+		return \%in;
+	}
+	for my $r (@{ delivered_records($s) })
+	{
+		if ($kind eq 'clevertap')
+		{
+			next unless $r->{type} eq 'profile';
+			(my $id = $r->{identity}) =~ s/^ct-//;
+			$in{$id} = exists $r->{profileData}{'Mixpanel Cohorts'}{'$add'} ? 1 : 0;
+		}
+		else
+		{
+			$in{ $r->{user_identities}{customer_id} } = $r->{user_attributes}{Crash} ? 1 : 0;
+		}
+	}
+	return \%in;
+}
+
+# every change arrived at least once, nothing else did, duplicates stay within
+# the batch in flight at the kill, and each member's final state is right
+sub check_kill
+{
+	my ($kind, $ids, $removed) = @_;
+	my %out = map { $_ => 1 } @$removed;
+	my %expected = map { $_ => 1 }
+	  (map { change_keys($kind, $_, 1, 'Crash') } @$ids), (map { change_keys($kind, $_, 0, 'Crash') } @$removed);
+	my $tally = standin_tally($standin->{$kind});
+	my @missing = grep { !$tally->{$_} } sort keys %expected;
+	is_deeply(\@missing, [], "kill: $kind: every change is delivered");
+	my @other = grep { !$expected{$_} } sort keys %$tally;
+	is_deeply(\@other, [], "kill: $kind: nothing else arrives");
+	my $dups = 0;
+	$dups += $_ - 1 for values %$tally;
+	note "kill: $kind: $dups duplicate records";
+	cmp_ok($dups, '<=', $batch{$kind}, "kill: $kind: duplicates bounded ($dups)");
+	is_deeply(final_state($kind, $standin->{$kind}), { map { $_ => $out{$_} ? 0 : 1 } @$ids },
+		"kill: $kind: each member's final state is right (the removals last)");
+}
+
 ok(wait_until(10, sub { worker_pid($node) ne '' }), 'kill: the worker shows in pg_stat_activity');
 is(sql("SELECT application_name FROM pg_stat_activity WHERE backend_type = 'cohortsync delivery'"),
 	'cohortsync delivery', 'kill: with its application_name');
 
-standin_post($ct, '/_control', { hang => JSON::PP::true });
+standin_post($standin->{$_}, '/_control', { hang => JSON::PP::true }) for @KINDS;
 my @k = map { "k$_" } 1 .. 1500;
+my @k_removed = map { "k$_" } 1 .. 50;
 sql("SELECT page('add_members', 'k', (SELECT array_agg('k' || g) FROM generate_series(1, 1500) g), '21', 'Crash')");
-ok(wait_until(20, sub { standin_get($ct, '/_stats')->{in_flight} >= 1 }), 'kill: requests hang in flight');
-ok(wait_until(10, sub { sql("SELECT in_flight FROM cohortsync.destination_status") > 0 }),
-	'kill: the status view shows them in flight');
+sql("SELECT page('remove_members', 'k', (SELECT array_agg('k' || g) FROM generate_series(1, 50) g), '21', 'Crash')");
+for my $kind (@KINDS)
+{
+	ok(wait_until(20, sub { standin_get($standin->{$kind}, '/_stats')->{in_flight} >= 1 }),
+		"kill: $kind: requests hang in flight");
+	ok(wait_until(10, sub {
+		sql("SELECT in_flight FROM cohortsync.destination_status WHERE name = '$dest->{$kind}'") > 0 }),
+		"kill: $kind: the status view shows them in flight");
+}
 my $pid = worker_pid($node);
 kill 'KILL', $pid;
 ok(wait_until(30, sub { my $p = worker_pid($node); $p ne '' && $p ne $pid }),
 	'kill: the postmaster restarts, and a new worker runs');
-standin_post($ct, '/_control', { hang => JSON::PP::false });
+standin_post($standin->{$_}, '/_control', { hang => JSON::PP::false }) for @KINDS;
 ok(outbox_empty($node, 60), 'kill: the outbox drains');
-check_delivery('kill', \@k, 1000);
+check_kill($_, \@k, \@k_removed) for @KINDS;
 # (leases live in the worker's memory: the new worker simply sends again what the
-# dead one had in flight, which check_delivery bounds)
+# dead one had in flight, which check_kill bounds)
+
+# CleverTap alone from here on
+sql("SELECT cohortsync.disconnect_destination('$dest->{$_}')") for grep { $_ ne 'clevertap' } @KINDS;
 
 #------------------------------------------------------------------------------
 # immediate stop and start while requests are in flight

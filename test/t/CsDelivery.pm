@@ -16,7 +16,7 @@ use Test::More;
 
 our @EXPORT = qw(start_standin stop_standin standin_get standin_post new_delivery_node page_sql
   wait_until outbox_empty delivered_records canonical standin_tally standin_requests worker_pid
-  connect_sql @KINDS $PASSCODE);
+  connect_sql connect_every_kind change_keys @KINDS $PASSCODE);
 
 # The destination kinds; each has a stand-in test/standin/<kind>_standin.py.
 our @KINDS = qw(clevertap mparticle braze);
@@ -229,6 +229,37 @@ sub connect_sql
 	  if $kind eq 'mparticle';
 	return "SELECT cohortsync.connect_braze('$name', '$secret', 'US-01', '$url')"
 	  if $kind eq 'braze';
+	die "unknown kind $kind";
+}
+
+# Beside CleverTap's destination "ct" (at stand-in $ct), connect one destination of
+# every other kind, named after it, each at a stand-in of its own. Returns
+# ({ kind => stand-in }, { kind => destination name }) for every kind.
+sub connect_every_kind
+{
+	my ($node, $ct, $db) = @_;
+	my %standin = (clevertap => $ct);
+	my %dest = (clevertap => 'ct');
+	for my $kind (grep { $_ ne 'clevertap' } @KINDS)
+	{
+		$standin{$kind} = start_standin(kind => $kind);
+		$dest{$kind} = $kind;
+		$node->safe_psql($db // 'postgres', connect_sql($kind, $kind, $standin{$kind}{url}));
+	}
+	return (\%standin, \%dest);
+}
+
+# The keys standin_tally counts for one change of member $id (added or removed)
+# in cohort $cohort: CleverTap gets an event and a profile record, mParticle a
+# batch, Braze an attribute object (the members have no $braze_external_id or
+# $mparticle_user_id, so their distinct id identifies them).
+sub change_keys
+{
+	my ($kind, $id, $added, $cohort) = @_;
+	return ("ct-$id event " . ($added ? 'Added' : 'Removed'), "ct-$id profile " . ($added ? '$add' : '$remove'))
+	  if $kind eq 'clevertap';
+	return ("$id batch $cohort=" . ($added ? 'true' : 'false')) if $kind eq 'mparticle';
+	return ("$id attributes " . ($added ? 'add' : 'remove')) if $kind eq 'braze';
 	die "unknown kind $kind";
 }
 
