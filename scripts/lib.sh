@@ -105,10 +105,18 @@ cs_pg_config() {
   fi
 }
 
+CS_CFLAGS='-Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers'
 cs_build() {
   cs_log "building (warnings are errors)"
-  make -s -C "$CS_TOP" PG_CONFIG="$(cs_pg_config)" \
-    PG_CFLAGS='-Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers' >/dev/null
+  # Objects a plain `make` left behind were compiled without these warnings, and make
+  # would keep them: rebuild everything when the flags (or the server) differ from the
+  # last build's. (.build-flags is ignored by git.)
+  local flags="$(cs_pg_config) $CS_CFLAGS"
+  if [ "$(cat "$CS_TOP/.build-flags" 2>/dev/null)" != "$flags" ]; then
+    make -s -C "$CS_TOP" PG_CONFIG="$(cs_pg_config)" clean >/dev/null
+  fi
+  make -s -C "$CS_TOP" PG_CONFIG="$(cs_pg_config)" PG_CFLAGS="$CS_CFLAGS" >/dev/null
+  echo "$flags" >"$CS_TOP/.build-flags"
 }
 
 # The OS user that runs servers and clients.
