@@ -72,7 +72,8 @@ static List *dest_states = NIL;		/* CsDestState *, in cs_worker_cxt */
 static int	known_slots = 0;	/* requests the active destinations allow in all */
 static bool leases_released = false;
 static bool extension_missing_logged = false;
-static bool version_checked = false;	/* the SQL objects' version was compared */
+static bool version_checked = false;	/* the SQL objects are the library's version */
+static bool version_logged = false;	/* that they are not was logged */
 
 static CsDestState *
 dest_state(const char *name)
@@ -213,20 +214,53 @@ cs_schedule_publish(void)
 }
 
 /*
- * In one short transaction: whether the extension is there, the leases a
- * predecessor left in rows, and the active destinations. Returns false on an
- * error (logged); *dests is NIL when the extension is not installed.
+ * Whether the extension's SQL objects are of another version than the library
+ * (the server runs a new library, ALTER EXTENSION ... UPDATE has not run yet).
+ * Their functions may lack what the worker calls or mean something else by it,
+ * so nothing is delivered until then; what they queued stays queued. Asked on
+ * every turn until the versions agree, then once per installation.
  */
 static bool
-read_destinations(List **dests, bool *installed)
+sql_outdated(void)
+{
+	char	   *sql_version;
+
+	if (version_checked)
+		return false;
+	if (!cs_sql_version_differs(&sql_version))
+	{
+		version_checked = true;
+		version_logged = false;
+		return false;
+	}
+	if (!version_logged)
+		ereport(LOG,
+				(errmsg("cohortsync delivery: the extension's SQL objects in database \"%s\" are version %s, the library %s; "
+						"nothing is delivered until ALTER EXTENSION cohortsync UPDATE runs there",
+						cs_database, sql_version, cs_library_version())));
+	version_logged = true;
+	return true;
+}
+
+/*
+ * In one short transaction: whether the extension is there and of the
+ * library's version, the leases a predecessor left in rows, and the active
+ * destinations. Returns false on an error (logged); *dests is NIL when the
+ * extension is not installed or *outdated.
+ */
+static bool
+read_destinations(List **dests, bool *installed, bool *outdated)
 {
 	*dests = NIL;
 	*installed = true;
+	*outdated = false;
 	PG_TRY();
 	{
 		cs_delivery_start_transaction("cohortsync: reading destinations");
 		*installed = cs_outbox_installed();
 		if (*installed)
+			*outdated = sql_outdated();
+		if (*installed && !*outdated)
 		{
 			if (!leases_released)
 			{
@@ -240,18 +274,6 @@ read_destinations(List **dests, bool *installed)
 				leases_released = true;
 			}
 			*dests = cs_outbox_destinations(cs_loop_cxt);
-			if (!version_checked)
-			{
-				char	   *sql_version;
-
-				/* once per installation of the extension */
-				if (cs_sql_version_differs(&sql_version))
-					ereport(LOG,
-							(errmsg("cohortsync delivery: the extension's SQL objects in database \"%s\" are version %s, the library %s; "
-									"run ALTER EXTENSION cohortsync UPDATE there",
-									cs_database, sql_version, cs_library_version())));
-				version_checked = true;
-			}
 		}
 		cs_delivery_finish_transaction();
 	}
@@ -280,6 +302,7 @@ extension_missing(void)
 						cs_database)));
 	extension_missing_logged = true;
 	version_checked = false;
+	version_logged = false;
 	known_slots = 0;
 	/* a new extension has a new queue: forget the cursors */
 	foreach(lc, dest_states)
@@ -482,6 +505,7 @@ cs_schedule_claim_and_send(bool poll)
 {
 	List	   *dests;
 	bool		installed;
+	bool		outdated;
 	double		next_due = -1;
 	ListCell   *lc;
 	long		sleep_ms;
@@ -498,13 +522,15 @@ cs_schedule_claim_and_send(bool poll)
 	if (known_slots > 0 && list_length(cs_requests) >= known_slots)
 		return cs_poll_interval_ms;
 
-	if (!read_destinations(&dests, &installed))
+	if (!read_destinations(&dests, &installed, &outdated))
 		return cs_poll_interval_ms;
 	if (!installed)
 	{
 		extension_missing();
 		return cs_poll_interval_ms;
 	}
+	if (outdated)
+		return cs_poll_interval_ms;
 	extension_missing_logged = false;
 
 	known_slots = 0;

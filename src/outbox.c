@@ -4,7 +4,7 @@
  *	  The delivery worker's SQL: claim records, record outcomes.
  *
  * The statements themselves live in the extension's SQL script
- * (cohortsync._claim, cohortsync._record_outcome, ...): there they are
+ * (cohortsync._claim_due, cohortsync._record_outcome, ...): there they are
  * covered by pgTAP, and after DROP EXTENSION a call fails as one ordinary
  * "function does not exist" error that the worker catches. This file only
  * binds parameters and copies results out of SPI's memory.
@@ -83,38 +83,6 @@ cs_outbox_destinations(MemoryContext cxt)
 		MemoryContextSwitchTo(old);
 	}
 	return result;
-}
-
-bool
-cs_outbox_claim(const char *destination, int limit, int lease_ms,
-				MemoryContext cxt, CsClaim *claim)
-{
-	Oid			argtypes[3] = {TEXTOID, INT4OID, INTERVALOID};
-	Datum		values[3];
-	char	   *lease = psprintf("%d milliseconds", lease_ms);
-
-	values[0] = CStringGetTextDatum(destination);
-	values[1] = Int32GetDatum(limit);
-	values[2] = DirectFunctionCall3(interval_in, CStringGetDatum(lease),
-									ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
-	if (SPI_execute_with_args("SELECT id, record FROM cohortsync._claim($1, $2, $3)",
-							  3, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "cohortsync: could not claim records");
-
-	claim->nrecords = (int) SPI_processed;
-	if (claim->nrecords == 0)
-		return false;
-	claim->ids = MemoryContextAlloc(cxt, sizeof(int64) * claim->nrecords);
-	claim->records = MemoryContextAlloc(cxt, sizeof(char *) * claim->nrecords);
-	for (int i = 0; i < claim->nrecords; i++)
-	{
-		bool		isnull;
-		HeapTuple	t = SPI_tuptable->vals[i];
-
-		claim->ids[i] = DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
-		claim->records[i] = copy_value(cxt, t, SPI_tuptable->tupdesc, 2);
-	}
-	return true;
 }
 
 /*

@@ -44,8 +44,6 @@ typedef enum CsOutcome
 extern bool cs_outbox_installed(void);
 extern int64 cs_outbox_release_leases(void);
 extern List *cs_outbox_destinations(MemoryContext cxt);
-extern bool cs_outbox_claim(const char *destination, int limit, int lease_ms,
-							MemoryContext cxt, CsClaim *claim);
 /*
  * What one walk of the queue (cs_outbox_claim_due) saw besides the records it
  * claimed: how far it went, whether it passed records that must wait, and

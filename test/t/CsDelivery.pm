@@ -195,8 +195,9 @@ sub standin_post
 	return decode_json($r->{content});
 }
 
-# A primary with the library preloaded, the extension in database "postgres",
-# a destination "ct" pointing at the stand-in, and a page helper.
+# A primary with the library preloaded, the extension in database "postgres"
+# (at version => V when given, else the default), a destination "ct" pointing at
+# the stand-in, and a page helper.
 sub new_delivery_node
 {
 	my ($name, $standin, %opt) = @_;
@@ -211,7 +212,7 @@ sub new_delivery_node
 	$node->start;
 	my $db = $opt{dbname} // 'postgres';
 	$node->safe_psql('postgres', "CREATE DATABASE $db") if $db ne 'postgres';
-	$node->safe_psql($db, "CREATE EXTENSION cohortsync");
+	$node->safe_psql($db, "CREATE EXTENSION cohortsync" . ($opt{version} ? " VERSION '$opt{version}'" : ''));
 	$node->safe_psql($db, page_sql());
 	$node->safe_psql($db, connect_sql($standin->{kind}, 'ct', $standin->{url})) if $standin;
 	return $node;
