@@ -21,7 +21,7 @@ static const CsDestinationKind *const kinds[] = {
 const CsDestinationKind *
 cs_destination_kind(const char *name)
 {
-	for (int i = 0; i < lengthof(kinds); i++)
+	for (size_t i = 0; i < lengthof(kinds); i++)
 		if (strcmp(kinds[i]->name, name) == 0)
 			return kinds[i];
 	return NULL;
