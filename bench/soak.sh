@@ -27,7 +27,8 @@
 # Knobs: SOAK_S (900), COHORTS (40), DRIVERS (ingest sessions: 3), PAGE (members drawn per
 # page: 100), POOL (distinct members shared by all cohorts: 20000), PAUSE (s between a
 # driver's pages: 0.2), RETRY_AFTER (s: 5), STOP_S (at full length: 30), DRAIN_MAX (s to
-# wait for the drain: 900), SAMPLE_S (s between /proc samples: 5).
+# wait for the drain: 900), SAMPLE_S (s between /proc samples: 5). Below SOAK_S=300 the
+# windows after the restart can outlast the ingest, which then shows as the run's length.
 #
 #   SOAK_S=300 bench/soak.sh            # about 6 minutes
 source "$(dirname "$0")/../scripts/lib.sh"
