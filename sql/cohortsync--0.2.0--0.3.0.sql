@@ -2111,55 +2111,6 @@ BEGIN
 END
 $$;
 
--- Same columns, same order, and kind.
-CREATE OR REPLACE VIEW cohortsync.destination_status AS
-SELECT d.name,
-       d.state,
-       d.paused_reason                         AS state_reason,
-       d.paused_at,
-       greatest(coalesce(o.pending, 0) - coalesce(w.records, 0), 0) AS pending,
-       coalesce(o.in_flight, 0) + least(coalesce(w.records, 0), coalesce(o.pending, 0)) AS in_flight,
-       coalesce(s.delivered, 0)                AS delivered,
-       (SELECT count(*) FROM cohortsync.failed_records f
-         WHERE f.destination = d.name)         AS failed,
-       now() - o.oldest                        AS oldest_pending_age,
-       s.last_success_at,
-       s.last_error,
-       s.last_error_at,
-       coalesce(s.phones_dropped, 0)           AS phones_dropped,
-       coalesce(s.requests, 0)                 AS requests,
-       -- every obstacle, the one of the whole database first
-       nullif(concat_ws('; ',
-         b.blocker,
-         CASE WHEN NOT EXISTS (SELECT FROM cohortsync.destination_secrets x WHERE x.name = d.name)
-              THEN CASE WHEN d.kind = 'clevertap'
-                        THEN 'no passcode is stored: call cohortsync.set_clevertap_passcode()'
-                        ELSE 'no secret is stored: call cohortsync.set_destination_secret()' END END,
-         CASE WHEN d.state = 'paused'
-              THEN 'paused: ' || coalesce(d.paused_reason, 'paused by user')
-                   || ' (call cohortsync.resume_destination())' END,
-         CASE WHEN o.retry_waiting > 0
-              THEN format('backing off: %s records wait for a retry, the next at %s; last error: %s',
-                          o.retry_waiting, o.next_retry, coalesce(s.last_error, 'none')) END),
-         '')                                   AS reason,
-       d.kind,
-       coalesce(s.emails_dropped, 0)           AS emails_dropped
-  FROM cohortsync.destinations d
-  LEFT JOIN cohortsync.destination_stats s ON s.destination = d.name
-  LEFT JOIN cohortsync._worker_in_flight() w ON w.destination = d.name
-  CROSS JOIN (SELECT cohortsync._delivery_blocker(
-                  (SELECT e.extversion FROM pg_extension e WHERE e.extname = 'cohortsync')) AS blocker) b
-  LEFT JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE x.lease_until IS NULL OR x.lease_until < now()) AS pending,
-               count(*) FILTER (WHERE x.lease_until >= now())                         AS in_flight,
-               min(x.created_at)                                                      AS oldest,
-               count(*) FILTER (WHERE x.attempts > 0 AND x.next_attempt_at > now())   AS retry_waiting,
-               min(x.next_attempt_at) FILTER (WHERE x.attempts > 0
-                                              AND x.next_attempt_at > now())          AS next_retry
-          FROM cohortsync.outbox x WHERE x.destination = d.name) o ON true;
-COMMENT ON VIEW cohortsync.destination_status IS
-    'One row per destination: state and why, pending, in flight, delivered, failed, oldest pending age, last success and error, the reason nothing moves (NULL: nothing in the way), its kind, emails dropped.';
-
 REVOKE ALL ON FUNCTION cohortsync._is_email(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._member_field(jsonb, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._member_first_name(jsonb) FROM PUBLIC;
@@ -2192,7 +2143,8 @@ REVOKE ALL ON FUNCTION cohortsync._clevertap_answer(integer, text, jsonb, bigint
 -------------------------------------------------------------------------------
 -- Backoff per destination (issue #13): the worker publishes, besides what it has
 -- in flight, how many requests of a destination failed in a row and when the next
--- may leave; destination_status shows both (new last columns).
+-- may leave; destination_status shows both (new last columns). Its one restatement
+-- below also adds the kinds' columns, kind and emails_dropped, before them.
 --
 -- _worker_in_flight() gains two columns. A function's result type cannot be
 -- changed in place, and dropping the view would drop the SELECT privileges
