@@ -29,6 +29,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "lib/stringinfo.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -704,9 +705,8 @@ swap_membership(Datum *key, CsApplyResult *result)
  * written nothing, when one of them was stored already. The subtransaction
  * is the one a PL/pgSQL block with an EXCEPTION clause would start; its
  * rollback keeps the kept plans, the SPI connection and the caller's settings.
- * Like such a block in a loop, a transaction that applies many pages (a
- * script calling ingest for each, apply_pending() with many queued) holds a
- * subtransaction id per page until it ends.
+ * Like such a block in a loop, it holds a subtransaction id until the top
+ * transaction ends (see subxid_cache_has_room).
  */
 static bool
 add_new_members(Datum *values, CsApplyResult *result)
@@ -746,13 +746,30 @@ add_new_members(Datum *values, CsApplyResult *result)
 	return added;
 }
 
+/*
+ * Whether a page may take add_new_members' subtransaction. Its id stays in this
+ * backend's cache of subtransaction ids until the top transaction ends, and a
+ * transaction that applies many pages (a script calling ingest for each,
+ * apply_pending() with many queued) would overflow that cache: from then on,
+ * every snapshot any backend takes while it is open has to look its
+ * subtransactions up in pg_subtrans. So the fast path stops at half the cache,
+ * leaving the rest to the caller's own subtransactions; later pages of such a
+ * transaction take the probing statement, which needs none.
+ */
+static bool
+subxid_cache_has_room(void)
+{
+	return !MyProc->subxidStatus.overflowed &&
+		MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS / 2;
+}
+
 /* add_members or remove_members: values as for those statements. */
 static void
 apply_diff(CsAction action, Datum *values, CsApplyResult *result)
 {
 	if (action == CS_ACTION_ADD_MEMBERS)
 	{
-		if (!add_new_members(values, result))
+		if (!subxid_cache_has_room() || !add_new_members(values, result))
 			result->added = run(&add_members, values, SPI_OK_INSERT);
 	}
 	else
