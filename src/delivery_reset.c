@@ -77,7 +77,8 @@ reset_at_subxact_end(SubXactEvent event, SubTransactionId mySubid,
 	int			level = GetCurrentTransactionNestLevel();
 	ListCell   *lc;
 
-	if (pending == NIL)
+	if (pending == NIL ||
+		(event != SUBXACT_EVENT_COMMIT_SUB && event != SUBXACT_EVENT_ABORT_SUB))
 		return;
 	foreach(lc, pending)
 	{
@@ -87,7 +88,7 @@ reset_at_subxact_end(SubXactEvent event, SubTransactionId mySubid,
 			continue;
 		if (event == SUBXACT_EVENT_COMMIT_SUB)
 			p->level = level - 1;
-		else if (event == SUBXACT_EVENT_ABORT_SUB)
+		else
 			pending = foreach_delete_current(pending, lc);
 	}
 }
