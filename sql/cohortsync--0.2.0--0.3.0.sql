@@ -2232,3 +2232,42 @@ SET log_min_messages = warning;
 COMMENT ON FUNCTION cohortsync.test_destination(text) IS
     'Send the destination''s connection test (no user data) and say whether its credentials and region work.';
 REVOKE ALL ON FUNCTION cohortsync.test_destination(text) FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- A replay ends the destination's backoff: replay_failed() follows a human's
+-- fix, like a resume, so the worker tries the replayed destinations at once
+-- instead of after the current step of their schedule (up to 5 minutes).
+-------------------------------------------------------------------------------
+
+-- When the current transaction commits, end the delivery worker's backoff of a
+-- destination (of every destination when NULL). A no-op when the library is not
+-- in shared_preload_libraries (there is no worker).
+CREATE FUNCTION cohortsync._reset_backoff(destination text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cohortsync_reset_backoff'
+LANGUAGE C VOLATILE;
+
+CREATE OR REPLACE FUNCTION cohortsync.replay_failed(destination text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM cohortsync.failed_records f
+         WHERE replay_failed.destination IS NULL OR f.destination = replay_failed.destination
+        RETURNING f.*)
+    INSERT INTO cohortsync.outbox (destination, identity, record, change_id, created_at)
+    SELECT g.destination, g.identity, g.record, g.change_id, now()
+      FROM gone g ORDER BY g.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        -- a replay follows a fix: try the destination at once, not after its backoff
+        PERFORM cohortsync._reset_backoff(replay_failed.destination);
+        PERFORM cohortsync._wake_delivery();
+    END IF;
+    RETURN n;
+END
+$$;
+REVOKE ALL ON FUNCTION cohortsync._reset_backoff(text) FROM PUBLIC;

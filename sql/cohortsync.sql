@@ -1004,6 +1004,8 @@ BEGIN
       FROM gone g ORDER BY g.id;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
+        -- a replay follows a fix: try the destination at once, not after its backoff
+        PERFORM cohortsync._reset_backoff(replay_failed.destination);
         PERFORM cohortsync._wake_delivery();
     END IF;
     RETURN n;
@@ -1017,6 +1019,14 @@ COMMENT ON FUNCTION cohortsync.replay_failed(text) IS
 CREATE FUNCTION cohortsync._wake_delivery()
 RETURNS void
 AS 'MODULE_PATHNAME', 'cohortsync_wake_delivery'
+LANGUAGE C VOLATILE;
+
+-- When the current transaction commits, end the delivery worker's backoff of a
+-- destination (of every destination when NULL). A no-op when the library is not
+-- in shared_preload_libraries (there is no worker).
+CREATE FUNCTION cohortsync._reset_backoff(destination text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cohortsync_reset_backoff'
 LANGUAGE C VOLATILE;
 
 -- The rules both queuing triggers apply, in one place. Plain SQL functions without
@@ -2539,6 +2549,7 @@ REVOKE ALL ON FUNCTION cohortsync.replay_failed(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._clevertap_base_url(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._check_region(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._wake_delivery() FROM PUBLIC;
+REVOKE ALL ON FUNCTION cohortsync._reset_backoff(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._queue_wanted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._queue_changes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION cohortsync._queue_profile_updates() FROM PUBLIC;

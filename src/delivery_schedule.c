@@ -20,7 +20,9 @@
  * request failed as a whole, the destination gets at most one request at a
  * time, each no sooner than backoff_until: 1 s after the first failure,
  * doubling to 5 minutes, with jitter, or later when the answer's Retry-After
- * says so. The first request that is settled ends it.
+ * says so. The first request that is settled ends it; so does a pause (the
+ * destination leaves the active ones) and a committed replay_failed() of the
+ * destination (delivery_reset.c): both follow a human's fix.
  *
  *-------------------------------------------------------------------------
  */
@@ -140,6 +142,34 @@ cs_schedule_note_outcome(const char *destination, CsOutcome outcome,
 	if (retry_after_s >= 0)
 		delay_ms = Max(delay_ms, (int64) Min(retry_after_s, RETRY_AFTER_MAX_S) * 1000);
 	st->backoff_until = Max(st->backoff_until, TimestampTzPlusMilliseconds(now, delay_ms));
+}
+
+/*
+ * End the backoff of the destinations that committed replays asked for: they
+ * are tried at once, and if they still fail the schedule starts again from its
+ * first step. A destination the worker has not met yet has none to end.
+ */
+static void
+apply_backoff_resets(void)
+{
+	CsBackoffResets resets;
+	ListCell   *lc;
+
+	if (!cs_delivery_take_resets(&resets))
+		return;
+	foreach(lc, dest_states)
+	{
+		CsDestState *st = (CsDestState *) lfirst(lc);
+		bool		named = resets.all;
+
+		for (int i = 0; i < resets.n && !named; i++)
+			named = strcmp(resets.names[i], st->name) == 0;
+		if (named)
+		{
+			st->consecutive_failures = 0;
+			st->backoff_until = 0;
+		}
+	}
 }
 
 /*
@@ -517,6 +547,8 @@ cs_schedule_claim_and_send(bool poll)
 	/* a standby sends nothing (the worker only starts after recovery anyway) */
 	if (RecoveryInProgress())
 		return cs_poll_interval_ms;
+
+	apply_backoff_resets();
 
 	/* every known destination is at its limit: nothing to do until one finishes */
 	if (known_slots > 0 && list_length(cs_requests) >= known_slots)

@@ -33,13 +33,19 @@ PG_FUNCTION_INFO_V1(cohortsync_worker_in_flight);
 /*
  * Destinations beyond CS_PUBLISHED_MAX, or with names too long for a slot,
  * show nothing.
+ *
+ * resets: the destinations whose backoff committed replays asked to end, until
+ * the worker takes them (a mailbox rather than counters per destination: the
+ * worker keeps no state for it, and nothing is left to clean up when a
+ * destination goes away).
  */
 typedef struct CsDeliveryShared
 {
 	ProcNumber	worker_pgprocno;	/* INVALID_PROC_NUMBER when no worker runs */
-	slock_t		mutex;			/* protects npublished and published */
+	slock_t		mutex;			/* protects npublished, published and resets */
 	int			npublished;
 	CsPublished published[CS_PUBLISHED_MAX];
+	CsBackoffResets resets;
 } CsDeliveryShared;
 
 static CsDeliveryShared *cs_shared = NULL;
@@ -70,6 +76,8 @@ cs_shmem_startup(void)
 		cs_shared->worker_pgprocno = INVALID_PROC_NUMBER;
 		SpinLockInit(&cs_shared->mutex);
 		cs_shared->npublished = 0;
+		cs_shared->resets.all = false;
+		cs_shared->resets.n = 0;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -117,6 +125,66 @@ cs_delivery_publish(const CsPublished *pub, int n)
 	memcpy(cs_shared->published, pub, sizeof(CsPublished) * n);
 	cs_shared->npublished = n;
 	SpinLockRelease(&cs_shared->mutex);
+}
+
+/*
+ * A committed transaction: end the backoff of these destinations (all of them
+ * when "all"), then wake the worker so that it sends to them at once (the wake
+ * of _wake_delivery may come first, and the worker would find no reset). A
+ * name that does not fit, or one more than the mailbox holds, ends every
+ * destination's backoff: more than was asked, which costs at most one early
+ * request to a destination that still fails.
+ */
+void
+cs_delivery_post_resets(List *names, bool all)
+{
+	ListCell   *lc;
+	ProcNumber	procno;
+
+	if (cs_shared == NULL)
+		return;
+	SpinLockAcquire(&cs_shared->mutex);
+	foreach(lc, names)
+	{
+		const char *name = (const char *) lfirst(lc);
+		CsBackoffResets *r = &cs_shared->resets;
+		int			i;
+
+		if (all || r->all)
+			break;
+		for (i = 0; i < r->n; i++)
+			if (strcmp(r->names[i], name) == 0)
+				break;
+		if (i < r->n)
+			continue;
+		if (strlen(name) >= CS_PUBLISHED_NAMELEN || r->n == CS_PUBLISHED_MAX)
+			all = true;
+		else
+			strlcpy(r->names[r->n++], name, CS_PUBLISHED_NAMELEN);
+	}
+	if (all)
+		cs_shared->resets.all = true;
+	SpinLockRelease(&cs_shared->mutex);
+
+	procno = cs_shared->worker_pgprocno;
+	if (procno != INVALID_PROC_NUMBER)
+		SetLatch(&GetPGProcByNumber(procno)->procLatch);
+}
+
+/* The worker: take the backoff resets posted since it last looked. */
+bool
+cs_delivery_take_resets(CsBackoffResets *resets)
+{
+	if (cs_shared == NULL)
+		return false;
+	SpinLockAcquire(&cs_shared->mutex);
+	resets->all = cs_shared->resets.all;
+	resets->n = cs_shared->resets.n;
+	memcpy(resets->names, cs_shared->resets.names, sizeof(resets->names[0]) * resets->n);
+	cs_shared->resets.all = false;
+	cs_shared->resets.n = 0;
+	SpinLockRelease(&cs_shared->mutex);
+	return resets->all || resets->n > 0;
 }
 
 /*

@@ -94,8 +94,18 @@ typedef struct CsPublished
 
 #define CS_PUBLISHED_MAX 64
 
+/* Destinations whose backoff ends (replay_failed), all of them when "all". */
+typedef struct CsBackoffResets
+{
+	bool		all;
+	int			n;
+	char		names[CS_PUBLISHED_MAX][CS_PUBLISHED_NAMELEN];
+} CsBackoffResets;
+
 extern void cs_delivery_shmem_init(void);
 extern void cs_delivery_publish_worker(void);
 extern void cs_delivery_publish(const CsPublished *pub, int n);
+extern void cs_delivery_post_resets(List *names, bool all);
+extern bool cs_delivery_take_resets(CsBackoffResets *resets);
 
 #endif							/* COHORTSYNC_DELIVERY_WORKER_H */

@@ -5,7 +5,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(88);
+SELECT plan(89);
 
 CREATE ROLE cs_test_ingest;
 CREATE ROLE cs_test_reader;
@@ -140,6 +140,7 @@ SELECT throws_ok(q, '42501', NULL, 'reader may not: ' || q)
                ($$SELECT cohortsync.pause_destination('ct')$$),
                ($$SELECT cohortsync.resume_destination('ct')$$),
                ($$SELECT cohortsync.replay_failed()$$),
+               ($$SELECT cohortsync._reset_backoff(NULL)$$),
                ($$SELECT cohortsync.add_webhook_user('evil', 'cs-secret-evil')$$),
                ($$SELECT cohortsync.drop_webhook_user('mixpanel')$$),
                ($$SELECT cohortsync.ingest(pg_temp.page('add_members', 'r0', 'evil', ARRAY['evil']))$$),
