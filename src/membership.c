@@ -35,6 +35,7 @@
 #include "utils/resowner.h"
 
 #include "apply.h"
+#include "bulk_insert.h"
 #include "change_origin.h"
 #include "membership.h"
 #include "worker_db.h"
@@ -700,6 +701,67 @@ swap_membership(Datum *key, CsApplyResult *result)
 }
 
 /*
+ * The page's new members and their history rows, written as COPY writes
+ * (bulk_insert.c): a heap page at a time rather than a row at a time, which
+ * was most of the difference between a page and COPY of its rows. The
+ * statements insert_members and record_added write the same rows; they
+ * remain for a table that a user changed (a trigger of their own, row level
+ * security, ...), which bulk_insert.c leaves to them.
+ */
+static const char *const members_triggers[] = {"queue_profile_updates", NULL};
+static const char *const changes_triggers[] = {"queue_changes", NULL};
+
+static Oid
+membership_table(const char *name)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("cohortsync", false));
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"cohortsync.%s\" does not exist", name)));
+	return relid;
+}
+
+/* values as for insert_members; returns the number of members inserted */
+static uint64
+insert_new_members(Datum *values)
+{
+	static const char *const names[] = {"distinct_id", "email", "phone", "first_name",
+	"last_name", "properties"};
+	CsBulkColumn columns[8];
+	int64		inserted;
+
+	columns[0] = (CsBulkColumn) {"project_id", TEXTOID, false, values[0], false};
+	columns[1] = (CsBulkColumn) {"cohort_id", TEXTOID, false, values[1], false};
+	for (int i = 0; i < 6; i++)
+		columns[2 + i] = (CsBulkColumn) {names[i], i == 5 ? JSONBOID : TEXTOID, true,
+		values[3 + i], false};
+	inserted = cs_bulk_insert(membership_table("members"), members_triggers, columns, 8);
+	if (inserted < 0)
+		return run(&insert_members, values, SPI_OK_INSERT);
+	return (uint64) inserted;
+}
+
+/* values as for record_added */
+static void
+record_new_members(Datum *values)
+{
+	CsBulkColumn columns[6] = {
+		{"project_id", TEXTOID, false, values[0], false},
+		{"cohort_id", TEXTOID, false, values[1], false},
+		{"distinct_id", TEXTOID, true, values[3], false},
+		{"change", TEXTOID, false, CStringGetTextDatum("added"), false},
+		{"session_id", TEXTOID, false, values[2], false},
+		{"properties", JSONBOID, true, values[8], false},
+	};
+
+	if (cs_bulk_insert(membership_table("membership_changes"), changes_triggers,
+					   columns, 6) < 0)
+		(void) run(&record_added, values, SPI_OK_INSERT);
+}
+
+/*
  * Insert the page as new members (insert_members). Returns false, having
  * written nothing, when one of them was stored already. The subtransaction
  * is the one a PL/pgSQL block with an EXCEPTION clause would start; its
@@ -719,8 +781,8 @@ add_new_members(Datum *values, CsApplyResult *result)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		result->added = run(&insert_members, values, SPI_OK_INSERT);
-		(void) run(&record_added, values, SPI_OK_INSERT);
+		result->added = insert_new_members(values);
+		record_new_members(values);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
