@@ -15,8 +15,8 @@
  * the membership tables are promised to be usable from triggers), a BEFORE
  * ROW or INSTEAD OF trigger, a rule, row level security, a generated column,
  * a default that is volatile (beyond nextval), a column of another type, a
- * partition, or a user without the INSERT privilege sends the caller back to
- * its SQL statement, which handles all of them as the server always has.
+ * partition, a user without the INSERT privilege or a read-only transaction
+ * sends the caller back to its SQL statement, which handles all of them as the server always has.
  * These are the cases in which CopyFrom() too gives up multi-inserts, or that
  * a statement would treat differently (rules, row security, privileges); each
  * test reads the relcache, none reads a catalog.
@@ -71,6 +71,9 @@ table_fits(Relation rel, const char *const *own_triggers)
 	TriggerDesc *trigdesc = rel->trigdesc;
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 
+	/* where an INSERT would raise its error (a read-only transaction), let it */
+	if (XactReadOnly || IsInParallelMode())
+		return false;
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition)
 		return false;
 	if (rel->rd_rel->relrowsecurity || rel->rd_rules != NULL)
@@ -87,7 +90,6 @@ table_fits(Relation rel, const char *const *own_triggers)
 	for (int i = 0; i < tupdesc->natts; i++)
 		if (TupleDescAttr(tupdesc, i)->attgenerated != '\0')
 			return false;
-	/* a statement would raise the error; let it */
 	return pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_INSERT) == ACLCHECK_OK;
 }
 
