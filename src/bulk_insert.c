@@ -217,18 +217,53 @@ fill_slot(TupleTableSlot *slot, const CsBulkColumn *columns, const BulkBatch *ba
 }
 
 /*
+ * Rows stored by one table_multi_insert() at most, as COPY buffers at most a
+ * thousand: the slots are reused for the next ones, so that a batch larger
+ * than a page is written in bounded memory.
+ */
+#define BULK_CHUNK_ROWS 1000
+
+/* Store rows first .. first + n - 1 with one multi-insert, then index them. */
+static void
+insert_chunk(ResultRelInfo *rri, TupleTableSlot **slots, int first, int n,
+			 const CsBulkColumn *columns, const BulkBatch *batch,
+			 TransitionCaptureState *transitions, BulkInsertState bistate,
+			 EState *estate)
+{
+	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		fill_slot(slots[i], columns, batch, first + i, rri, estate);
+	}
+	table_multi_insert(rri->ri_RelationDesc, slots, n, estate->es_output_cid, 0, bistate);
+
+	for (int i = 0; i < n; i++)
+	{
+		List	   *recheck = NIL;
+
+		if (rri->ri_NumIndices > 0)
+			recheck = cs_ExecInsertIndexTuples(rri, slots[i], estate, false, false,
+											   NULL, NIL, false);
+		ExecARInsertTriggers(estate, rri, slots[i], recheck, transitions);
+		list_free(recheck);
+	}
+	ResetPerTupleExprContext(estate);
+}
+
+/*
  * The executor's part, as CopyFrom() does it for an unpartitioned table
  * without BEFORE ROW triggers: statement triggers around the insert, the rows
- * stored with one table_multi_insert(), then for each row its index entries
- * (unique checks raising their errors as an INSERT's would) and its AFTER
- * ROW events, which also fill the transition tables; the events fire at the
- * end, as at the end of a statement.
+ * stored by table_multi_insert(), then for each row its index entries (unique
+ * checks raising their errors as an INSERT's would) and its AFTER ROW events,
+ * which also fill the transition tables; the events fire at the end, as at
+ * the end of a statement.
  */
 static void
 insert_batch(ResultRelInfo *rri, const CsBulkColumn *columns, BulkBatch *batch,
 			 EState *estate)
 {
 	Relation	rel = rri->ri_RelationDesc;
+	int			nslots = Min(batch->nrows, BULK_CHUNK_ROWS);
 	TransitionCaptureState *transitions;
 	TupleDesc	slotdesc;
 	TupleTableSlot **slots;
@@ -246,33 +281,17 @@ insert_batch(ResultRelInfo *rri, const CsBulkColumn *columns, BulkBatch *batch,
 	 * entries (on 15, a tenth of a page's time).
 	 */
 	slotdesc = CreateTupleDescCopy(RelationGetDescr(rel));
-	slots = palloc(sizeof(TupleTableSlot *) * Max(batch->nrows, 1));
-	for (int r = 0; r < batch->nrows; r++)
-	{
-		CHECK_FOR_INTERRUPTS();
-		slots[r] = ExecAllocTableSlot(&estate->es_tupleTable, slotdesc,
+	slots = palloc(sizeof(TupleTableSlot *) * Max(nslots, 1));
+	for (int i = 0; i < nslots; i++)
+		slots[i] = ExecAllocTableSlot(&estate->es_tupleTable, slotdesc,
 									  table_slot_callbacks(rel));
-		fill_slot(slots[r], columns, batch, r, rri, estate);
-	}
 
-	if (batch->nrows > 0)
-	{
-		bistate = GetBulkInsertState();
-		table_multi_insert(rel, slots, batch->nrows, estate->es_output_cid, 0, bistate);
-		FreeBulkInsertState(bistate);
-		table_finish_bulk_insert(rel, 0);
-	}
-
-	for (int r = 0; r < batch->nrows; r++)
-	{
-		List	   *recheck = NIL;
-
-		if (rri->ri_NumIndices > 0)
-			recheck = cs_ExecInsertIndexTuples(rri, slots[r], estate, false, false,
-											   NULL, NIL, false);
-		ExecARInsertTriggers(estate, rri, slots[r], recheck, transitions);
-		list_free(recheck);
-	}
+	bistate = GetBulkInsertState();
+	for (int first = 0; first < batch->nrows; first += nslots)
+		insert_chunk(rri, slots, first, Min(nslots, batch->nrows - first), columns,
+					 batch, transitions, bistate, estate);
+	FreeBulkInsertState(bistate);
+	table_finish_bulk_insert(rel, 0);
 
 	ExecASInsertTriggers(estate, rri, transitions);
 	AfterTriggerEndQuery(estate);

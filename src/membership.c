@@ -6,7 +6,9 @@
  * All set work is done by SQL statements over whole pages (arrays bound as
  * parameters and unnested), never by loops over rows in C: a page is at most
  * a thousand members, but a full sync replaces a cohort of up to ten million,
- * and only set-based statements keep that bounded in memory and time.
+ * and only set-based statements keep that bounded in memory and time. The one
+ * exception is a page of new members, at most a thousand rows, which is
+ * written as COPY writes (bulk_insert.c, see add_new_members).
  *
  * Concurrency: the first statement for every page upserts the cohort's row in
  * cohortsync.cohorts, which locks it until the end of the transaction. Pages
@@ -727,17 +729,20 @@ membership_table(const char *name)
 static uint64
 insert_new_members(Datum *values)
 {
-	static const char *const names[] = {"distinct_id", "email", "phone", "first_name",
-	"last_name", "properties"};
-	CsBulkColumn columns[8];
+	CsBulkColumn columns[] = {
+		{"project_id", TEXTOID, false, values[0], false},
+		{"cohort_id", TEXTOID, false, values[1], false},
+		{"distinct_id", TEXTOID, true, values[3], false},
+		{"email", TEXTOID, true, values[4], false},
+		{"phone", TEXTOID, true, values[5], false},
+		{"first_name", TEXTOID, true, values[6], false},
+		{"last_name", TEXTOID, true, values[7], false},
+		{"properties", JSONBOID, true, values[8], false},
+	};
 	int64		inserted;
 
-	columns[0] = (CsBulkColumn) {"project_id", TEXTOID, false, values[0], false};
-	columns[1] = (CsBulkColumn) {"cohort_id", TEXTOID, false, values[1], false};
-	for (int i = 0; i < 6; i++)
-		columns[2 + i] = (CsBulkColumn) {names[i], i == 5 ? JSONBOID : TEXTOID, true,
-		values[3 + i], false};
-	inserted = cs_bulk_insert(membership_table("members"), members_triggers, columns, 8);
+	inserted = cs_bulk_insert(membership_table("members"), members_triggers,
+							  columns, lengthof(columns));
 	if (inserted < 0)
 		return run(&insert_members, values, SPI_OK_INSERT);
 	return (uint64) inserted;
@@ -747,7 +752,7 @@ insert_new_members(Datum *values)
 static void
 record_new_members(Datum *values)
 {
-	CsBulkColumn columns[6] = {
+	CsBulkColumn columns[] = {
 		{"project_id", TEXTOID, false, values[0], false},
 		{"cohort_id", TEXTOID, false, values[1], false},
 		{"distinct_id", TEXTOID, true, values[3], false},
@@ -757,7 +762,7 @@ record_new_members(Datum *values)
 	};
 
 	if (cs_bulk_insert(membership_table("membership_changes"), changes_triggers,
-					   columns, 6) < 0)
+					   columns, lengthof(columns)) < 0)
 		(void) run(&record_added, values, SPI_OK_INSERT);
 }
 

@@ -5,7 +5,7 @@
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(15);
+SELECT plan(17);
 
 SELECT cohortsync.connect_clevertap('ct', 'ACC', 'cs-secret-bulk', 'eu1', 'http://127.0.0.1:9');
 SELECT cohortsync.connect_mparticle('mp', 'KEY', 'cs-secret-bulk-mp');
@@ -67,6 +67,15 @@ SELECT is(pg_temp.queued('bulk-fast'), pg_temp.queued('bulk-stmt'),
           'the outbox got exactly the records the statements queue');
 DROP TRIGGER user_noop ON cohortsync.members;
 DROP TRIGGER user_noop ON cohortsync.membership_changes;
+
+-- a batch larger than the thousand rows stored at a time (a page sent through SQL)
+SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-big', 's1', pg_temp.ids('g', 2500))),
+          'success', 'a page of 2500 new members');
+SELECT is((SELECT array_agg(distinct_id ORDER BY id) FROM cohortsync.membership_changes c
+            WHERE cohort_id = 'bulk-big'
+              AND EXISTS (SELECT FROM cohortsync.members m
+                           WHERE m.cohort_id = 'bulk-big' AND m.distinct_id = c.distinct_id)),
+          pg_temp.ids('g', 2500), 'every member stored and recorded, in the page''s order');
 
 -- a stored member still raises the unique violation that sends the page to the probe
 SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-fast', 's2',
