@@ -16,10 +16,10 @@
  * ROW or INSTEAD OF trigger, a rule, row level security, a generated column,
  * a default that is volatile (beyond nextval), a column of another type, a
  * partition, a user without the INSERT privilege or a read-only transaction
- * sends the caller back to its SQL statement, which handles all of them as the server always has.
- * These are the cases in which CopyFrom() too gives up multi-inserts, or that
- * a statement would treat differently (rules, row security, privileges); each
- * test reads the relcache, none reads a catalog.
+ * sends the caller back to its SQL statement, which handles all of them as
+ * the server always has. These are the cases in which CopyFrom() gives up
+ * multi-inserts and those that a statement treats in ways COPY does not
+ * (rules, row security); each test reads the relcache or the syscache.
  *
  *-------------------------------------------------------------------------
  */
@@ -309,45 +309,42 @@ cs_bulk_insert(Oid relid, const char *const *own_triggers,
 	ResultRelInfo *rri;
 	int64		inserted = -1;
 
-	/* the lock an INSERT takes, kept to the end of the transaction as its is */
-	rel = table_open(relid, RowExclusiveLock);
-	if (!table_fits(rel, own_triggers))
-	{
-		table_close(rel, NoLock);
-		return -1;
-	}
-
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "cohortsync bulk insert",
 								ALLOCSET_DEFAULT_SIZES);
 	oldcxt = MemoryContextSwitchTo(cxt);
+
+	/* the lock an INSERT takes, kept to the end of the transaction as an INSERT's is */
+	rel = table_open(relid, RowExclusiveLock);
 	batch.colmap = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
-
-	/* a new command, which sees what the ones before it wrote, as SPI starts one */
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-
-	estate = CreateExecutorState();
-	estate->es_output_cid = GetCurrentCommandId(true);
-	estate->es_snapshot = GetActiveSnapshot();
-
-	/* not in a range table: the AFTER trigger queue finds it in this list */
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 0, NULL, 0);
-	estate->es_opened_result_relations = list_make1(rri);
-
-	if (columns_fit(rel, columns, ncolumns, batch.colmap) &&
-		unpack_columns(columns, ncolumns, &batch) &&
-		prepare_defaults(rel, &batch, estate))
+	if (table_fits(rel, own_triggers) &&
+		columns_fit(rel, columns, ncolumns, batch.colmap) &&
+		unpack_columns(columns, ncolumns, &batch))
 	{
-		ExecOpenIndices(rri, false);
-		insert_batch(rri, columns, &batch, estate);
-		inserted = batch.nrows;
-	}
+		/* a new command, which sees what the ones before it wrote, as SPI starts one */
+		CommandCounterIncrement();
+		PushActiveSnapshot(GetTransactionSnapshot());
 
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	ExecCloseResultRelations(estate);
-	FreeExecutorState(estate);
-	PopActiveSnapshot();
+		estate = CreateExecutorState();
+		estate->es_output_cid = GetCurrentCommandId(true);
+		estate->es_snapshot = GetActiveSnapshot();
+
+		/* not in a range table: the AFTER trigger queue finds it in this list */
+		rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(rri, rel, 0, NULL, 0);
+		estate->es_opened_result_relations = list_make1(rri);
+
+		if (prepare_defaults(rel, &batch, estate))
+		{
+			ExecOpenIndices(rri, false);
+			insert_batch(rri, columns, &batch, estate);
+			inserted = batch.nrows;
+		}
+
+		ExecResetTupleTable(estate->es_tupleTable, false);
+		ExecCloseResultRelations(estate);
+		FreeExecutorState(estate);
+		PopActiveSnapshot();
+	}
 	table_close(rel, NoLock);
 
 	MemoryContextSwitchTo(oldcxt);
