@@ -6,7 +6,9 @@
  * All set work is done by SQL statements over whole pages (arrays bound as
  * parameters and unnested), never by loops over rows in C: a page is at most
  * a thousand members, but a full sync replaces a cohort of up to ten million,
- * and only set-based statements keep that bounded in memory and time.
+ * and only set-based statements keep that bounded in memory and time. The one
+ * exception is a page of new members, at most a thousand rows, which is
+ * written as COPY writes (bulk_insert.c, see add_new_members).
  *
  * Concurrency: the first statement for every page upserts the cohort's row in
  * cohortsync.cohorts, which locks it until the end of the transaction. Pages
@@ -36,6 +38,7 @@
 #include "utils/resowner.h"
 
 #include "apply.h"
+#include "bulk_insert.h"
 #include "change_origin.h"
 #include "membership.h"
 #include "worker_db.h"
@@ -701,6 +704,70 @@ swap_membership(Datum *key, CsApplyResult *result)
 }
 
 /*
+ * The page's new members and their history rows, written as COPY writes
+ * (bulk_insert.c): a heap page at a time rather than a row at a time, which
+ * was most of the difference between a page and COPY of its rows. The
+ * statements insert_members and record_added write the same rows; they
+ * remain for a table that a user changed (a trigger of their own, row level
+ * security, ...), which bulk_insert.c leaves to them.
+ */
+static const char *const members_triggers[] = {"queue_profile_updates", NULL};
+static const char *const changes_triggers[] = {"queue_changes", NULL};
+
+static Oid
+membership_table(const char *name)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("cohortsync", false));
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"cohortsync.%s\" does not exist", name)));
+	return relid;
+}
+
+/* values as for insert_members; returns the number of members inserted */
+static uint64
+insert_new_members(Datum *values)
+{
+	CsBulkColumn columns[] = {
+		{"project_id", TEXTOID, false, values[0], false},
+		{"cohort_id", TEXTOID, false, values[1], false},
+		{"distinct_id", TEXTOID, true, values[3], false},
+		{"email", TEXTOID, true, values[4], false},
+		{"phone", TEXTOID, true, values[5], false},
+		{"first_name", TEXTOID, true, values[6], false},
+		{"last_name", TEXTOID, true, values[7], false},
+		{"properties", JSONBOID, true, values[8], false},
+	};
+	int64		inserted;
+
+	inserted = cs_bulk_insert(membership_table("members"), members_triggers,
+							  columns, lengthof(columns));
+	if (inserted < 0)
+		return run(&insert_members, values, SPI_OK_INSERT);
+	return (uint64) inserted;
+}
+
+/* values as for record_added */
+static void
+record_new_members(Datum *values)
+{
+	CsBulkColumn columns[] = {
+		{"project_id", TEXTOID, false, values[0], false},
+		{"cohort_id", TEXTOID, false, values[1], false},
+		{"distinct_id", TEXTOID, true, values[3], false},
+		{"change", TEXTOID, false, CStringGetTextDatum("added"), false},
+		{"session_id", TEXTOID, false, values[2], false},
+		{"properties", JSONBOID, true, values[8], false},
+	};
+
+	if (cs_bulk_insert(membership_table("membership_changes"), changes_triggers,
+					   columns, lengthof(columns)) < 0)
+		(void) run(&record_added, values, SPI_OK_INSERT);
+}
+
+/*
  * Insert the page as new members (insert_members). Returns false, having
  * written nothing, when one of them was stored already. The subtransaction
  * is the one a PL/pgSQL block with an EXCEPTION clause would start; its
@@ -719,8 +786,8 @@ add_new_members(Datum *values, CsApplyResult *result)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		result->added = run(&insert_members, values, SPI_OK_INSERT);
-		(void) run(&record_added, values, SPI_OK_INSERT);
+		result->added = insert_new_members(values);
+		record_new_members(values);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();

@@ -129,6 +129,20 @@ cs_object_aclcheck(Oid classid, Oid objectid, Oid roleid, AclMode mode)
 #endif
 
 /*
+ * 16 added ExecInsertIndexTuples()'s last argument, onlySummarizing (an
+ * UPDATE that changed only summarized columns); bulk_insert.c passes false,
+ * and 15 takes the call without it.
+ */
+#if PG_VERSION_NUM >= 160000
+#define cs_ExecInsertIndexTuples ExecInsertIndexTuples
+#else
+#define cs_ExecInsertIndexTuples(rri, slot, estate, update, noDupErr, specConflict, \
+								 arbiterIndexes, onlySummarizing) \
+	ExecInsertIndexTuples((rri), (slot), (estate), (update), (noDupErr), \
+						  (specConflict), (arbiterIndexes))
+#endif
+
+/*
  * SCRAM (webhook_auth.c).
  *
  * libpq/scram.h cannot be included: it pulls in libpq-be.h and with it the

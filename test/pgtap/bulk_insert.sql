@@ -1,0 +1,138 @@
+-- A page of new members is written as COPY writes (src/bulk_insert.c): one heap
+-- multi-insert per table. It must write exactly what the two INSERT statements it
+-- replaces wrote, and leave tables a user changed to those statements: their own
+-- triggers fire for every member, a BEFORE ROW trigger's changes are kept.
+BEGIN;
+SET client_min_messages = warning;
+\ir 00_helpers.inc
+SELECT plan(17);
+
+SELECT cohortsync.connect_clevertap('ct', 'ACC', 'cs-secret-bulk', 'eu1', 'http://127.0.0.1:9');
+SELECT cohortsync.connect_mparticle('mp', 'KEY', 'cs-secret-bulk-mp');
+SELECT cohortsync.connect_braze('bz', 'cs-secret-bulk-bz', 'eu-02');
+SELECT cohortsync.pause_destination(name) FROM cohortsync.destinations;
+
+-- What a cohort's page queued, comparable between cohorts: per history row (in id
+-- order), its member, change and the records queued for it, the cohort's id masked.
+CREATE FUNCTION pg_temp.queued(cohort text) RETURNS text[] LANGUAGE sql AS $$
+  SELECT coalesce(array_agg(concat_ws(' ', c.change, c.distinct_id, x.destination, x.identity,
+                                      x.phone_dropped, x.email_dropped,
+                                      replace(x.record::text, cohort, '<cohort>'))
+                            ORDER BY c.id, x.destination, x.record::text), '{}')
+    FROM cohortsync.membership_changes c
+    JOIN cohortsync.outbox x ON x.change_id = c.id
+   WHERE c.cohort_id = cohort
+$$;
+
+CREATE FUNCTION pg_temp.members_page(cohort text, session text, ids text[]) RETURNS jsonb
+LANGUAGE sql AS $$
+  SELECT jsonb_set(pg_temp.page('add_members', cohort, session, ids),
+                   '{parameters,members}',
+                   (SELECT jsonb_agg(jsonb_build_object(
+                       'mixpanel_distinct_id', id, 'email', id || '@example.com',
+                       'phone_number', '+1 555 0100' || right(id, 3),
+                       'first_name', 'F' || id, 'last_name', 'L' || id,
+                       '$CleverTap_user_id', 'ct-' || id) ORDER BY id)
+                      FROM unnest(ids) id))
+$$;
+
+-------------------------------------------------------------------------------
+-- The fast path (no trigger but ours) against the statements (a user's trigger)
+-------------------------------------------------------------------------------
+SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-fast', 's1', pg_temp.ids('m', 300))),
+          'success', 'a page of new members, tables as installed');
+SELECT is((SELECT count(*) FROM cohortsync.members WHERE cohort_id = 'bulk-fast'), 300::bigint,
+          'every member is stored');
+SELECT is((SELECT array_agg(distinct_id ORDER BY id) FROM cohortsync.membership_changes
+            WHERE cohort_id = 'bulk-fast'), pg_temp.ids('m', 300),
+          'their history rows, numbered in the page''s order');
+SELECT ok((SELECT bool_and(joined_at = now() AND updated_at = now() AND email = distinct_id || '@example.com'
+                           AND properties ->> 'mixpanel_distinct_id' = distinct_id)
+             FROM cohortsync.members WHERE cohort_id = 'bulk-fast')
+          AND (SELECT bool_and(changed_at = now() AND session_id = 's1' AND change = 'added')
+                 FROM cohortsync.membership_changes WHERE cohort_id = 'bulk-fast'),
+          'the columns not given take their defaults, the given ones their values');
+
+-- the same page through the statements: a user's trigger on each table sends it there
+CREATE FUNCTION public.bulk_noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER user_noop AFTER INSERT ON cohortsync.members
+  FOR EACH STATEMENT EXECUTE FUNCTION public.bulk_noop();
+CREATE TRIGGER user_noop AFTER INSERT ON cohortsync.membership_changes
+  FOR EACH STATEMENT EXECUTE FUNCTION public.bulk_noop();
+SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-stmt', 's1', pg_temp.ids('m', 300))),
+          'success', 'the same page with a user''s trigger on the tables');
+SELECT cmp_ok(cardinality(pg_temp.queued('bulk-fast')), '>=', 900,
+              'the fast path queued records for every destination');
+SELECT is(pg_temp.queued('bulk-fast'), pg_temp.queued('bulk-stmt'),
+          'the outbox got exactly the records the statements queue');
+DROP TRIGGER user_noop ON cohortsync.members;
+DROP TRIGGER user_noop ON cohortsync.membership_changes;
+
+-- a batch larger than the thousand rows stored at a time (a page sent through SQL)
+SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-big', 's1', pg_temp.ids('g', 2500))),
+          'success', 'a page of 2500 new members');
+SELECT is((SELECT array_agg(distinct_id ORDER BY id) FROM cohortsync.membership_changes c
+            WHERE cohort_id = 'bulk-big'
+              AND EXISTS (SELECT FROM cohortsync.members m
+                           WHERE m.cohort_id = 'bulk-big' AND m.distinct_id = c.distinct_id)),
+          pg_temp.ids('g', 2500), 'every member stored and recorded, in the page''s order');
+
+-- a stored member still raises the unique violation that sends the page to the probe
+SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-fast', 's2',
+                                              pg_temp.ids('m', 5, 299))), 'success',
+          'a page whose first members are stored');
+SELECT is((SELECT array_agg(distinct_id ORDER BY id) FROM cohortsync.membership_changes
+            WHERE cohort_id = 'bulk-fast' AND session_id = 's2'), pg_temp.ids('m', 3, 301),
+          'only who was new is recorded');
+
+-------------------------------------------------------------------------------
+-- A user's own AFTER ROW triggers fire for every member
+-------------------------------------------------------------------------------
+CREATE TABLE public.bulk_seen (tab text, distinct_id text);
+CREATE FUNCTION public.bulk_seen_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.bulk_seen VALUES (TG_TABLE_NAME, NEW.distinct_id);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER user_seen AFTER INSERT ON cohortsync.members
+  FOR EACH ROW EXECUTE FUNCTION public.bulk_seen_row();
+CREATE TRIGGER user_seen AFTER INSERT ON cohortsync.membership_changes
+  FOR EACH ROW EXECUTE FUNCTION public.bulk_seen_row();
+SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-rows', 's1', pg_temp.ids('r', 200))),
+          'success', 'a page of new members under the user''s AFTER ROW triggers');
+SELECT is((SELECT array_agg(distinct_id ORDER BY distinct_id) FROM public.bulk_seen WHERE tab = 'members'),
+          pg_temp.ids('r', 200), 'the trigger on members fired for every member');
+SELECT is((SELECT array_agg(distinct_id ORDER BY distinct_id) FROM public.bulk_seen
+            WHERE tab = 'membership_changes'),
+          pg_temp.ids('r', 200), 'the trigger on membership_changes fired for every member');
+DROP TRIGGER user_seen ON cohortsync.members;
+DROP TRIGGER user_seen ON cohortsync.membership_changes;
+
+-------------------------------------------------------------------------------
+-- A BEFORE ROW trigger that changes the row is honoured
+-------------------------------------------------------------------------------
+CREATE FUNCTION public.bulk_mask() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_TABLE_NAME = 'members' THEN
+    NEW.email := 'masked';
+  ELSE
+    NEW.properties := NEW.properties - 'email';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER user_mask BEFORE INSERT ON cohortsync.members
+  FOR EACH ROW EXECUTE FUNCTION public.bulk_mask();
+CREATE TRIGGER user_mask BEFORE INSERT ON cohortsync.membership_changes
+  FOR EACH ROW EXECUTE FUNCTION public.bulk_mask();
+SELECT is(pg_temp.ingest(pg_temp.members_page('bulk-mask', 's1', pg_temp.ids('b', 50))),
+          'success', 'a page of new members under the user''s BEFORE ROW triggers');
+SELECT is((SELECT array_agg(DISTINCT email) FROM cohortsync.members WHERE cohort_id = 'bulk-mask'),
+          ARRAY['masked'], 'the members are stored as the trigger made them');
+SELECT is((SELECT count(*) FROM cohortsync.membership_changes
+            WHERE cohort_id = 'bulk-mask' AND NOT properties ? 'email'), 50::bigint,
+          'and so are their history rows');
+DROP TRIGGER user_mask ON cohortsync.members;
+DROP TRIGGER user_mask ON cohortsync.membership_changes;
+
+SELECT * FROM finish();
+ROLLBACK;
