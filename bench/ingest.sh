@@ -309,5 +309,13 @@ if part 2; then
   awk '{printf "   run %d: first sync %.2f s, swap %.2f s; COPY ceiling %.2f s (members %.2f s); %.2fx; %.0f%% above\n",
               NR, $1, $4, $2, $3, $1 / $2, 100 * ($1 - $2) / $1}' "$f"
   if [ "$BENCH_10M" = 1 ]; then fs_case 10000000 10000 10m 1 "$BENCH_10M_CHURN"; fi
+  echo
+  echo "   The pages' own time, per full sync: the ingest calls alone as bench.full_sync times them"
+  echo "   (total s less the swap also holds building the pages in PL/pgSQL and the apply worker's wait)"
+  cs_as_user psql -X -qAt -F ' ' -c "SELECT label, count(*), round(sum(ms)::numeric / 1000, 2),
+         round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
+         round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2)
+    FROM bench.fs_lat GROUP BY label ORDER BY label" |
+    awk '{printf "   %-12s %5d pages: %7.2f s, per page p50 %.2f ms, p99 %.2f ms\n", $1, $2, $3, $4, $5}'
 fi
 cs_stop_cluster

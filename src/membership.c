@@ -6,9 +6,10 @@
  * All set work is done by SQL statements over whole pages (arrays bound as
  * parameters and unnested), never by loops over rows in C: a page is at most
  * a thousand members, but a full sync replaces a cohort of up to ten million,
- * and only set-based statements keep that bounded in memory and time. The one
- * exception is a page of new members, at most a thousand rows, which is
- * written as COPY writes (bulk_insert.c, see add_new_members).
+ * and only set-based statements keep that bounded in memory and time. The
+ * exceptions are a page of new members and a staged page of a full sync, at
+ * most a thousand rows each, which are written as COPY writes (bulk_insert.c,
+ * see add_new_members and stage_page).
  *
  * Concurrency: the first statement for every page upserts the cohort's row in
  * cohortsync.cohorts, which locks it until the end of the transaction. Pages
@@ -253,6 +254,8 @@ static CsStatement remove_members = {
  * A plain INSERT: staging has no unique key over members (see the 0.2.0
  * upgrade script); a page that arrives again first drops what it staged
  * before (unstage_page), and the swap counts a member sent in two pages once.
+ * stage_page writes the same rows as COPY writes them; this statement remains
+ * for a table a user changed.
  */
 static CsStatement stage_members = {
 	"INSERT INTO cohortsync.staged_members"
@@ -768,6 +771,33 @@ record_new_members(Datum *values)
 }
 
 /*
+ * values as for stage_members: the page staged as COPY writes it, as for a page
+ * of new members (see insert_new_members). staged_members has no trigger of
+ * ours; one a user added sends the page to the statement.
+ */
+static void
+stage_page(Datum *values)
+{
+	static const char *const no_triggers[] = {NULL};
+	CsBulkColumn columns[] = {
+		{"project_id", TEXTOID, false, values[0], false},
+		{"cohort_id", TEXTOID, false, values[1], false},
+		{"session_id", TEXTOID, false, values[2], false},
+		{"page_count", INT4OID, false, values[9], false},
+		{"distinct_id", TEXTOID, true, values[3], false},
+		{"email", TEXTOID, true, values[4], false},
+		{"phone", TEXTOID, true, values[5], false},
+		{"first_name", TEXTOID, true, values[6], false},
+		{"last_name", TEXTOID, true, values[7], false},
+		{"properties", JSONBOID, true, values[8], false},
+	};
+
+	if (cs_bulk_insert(membership_table("staged_members"), no_triggers,
+					   columns, lengthof(columns)) < 0)
+		(void) run(&stage_members, values, SPI_OK_INSERT);
+}
+
+/*
  * Insert the page as new members (insert_members). Returns false, having
  * written nothing, when one of them was stored already. The subtransaction
  * is the one a PL/pgSQL block with an EXCEPTION clause would start; its
@@ -974,7 +1004,7 @@ cs_apply_page(const CsPage *page, CsApplyResult *result)
 				(void) run(&unstage_page, page_key, SPI_OK_DELETE);
 			}
 			values[9] = Int32GetDatum(page->page_count);
-			(void) run(&stage_members, values, SPI_OK_INSERT);
+			stage_page(values);
 			if (complete && background)
 			{
 				(void) run(&queue_swap, values, SPI_OK_INSERT);

@@ -1,11 +1,12 @@
--- A page of new members is written as COPY writes (src/bulk_insert.c): one heap
--- multi-insert per table. It must write exactly what the two INSERT statements it
--- replaces wrote, and leave tables a user changed to those statements: their own
--- triggers fire for every member, a BEFORE ROW trigger's changes are kept.
+-- A page of new members, and a staged page of a full sync, are written as COPY
+-- writes (src/bulk_insert.c): one heap multi-insert per table. They must write
+-- exactly what the INSERT statements they replace wrote, and leave tables a user
+-- changed to those statements: their own triggers fire for every member, a BEFORE
+-- ROW trigger's changes are kept.
 BEGIN;
 SET client_min_messages = warning;
 \ir 00_helpers.inc
-SELECT plan(17);
+SELECT plan(24);
 
 SELECT cohortsync.connect_clevertap('ct', 'ACC', 'cs-secret-bulk', 'eu1', 'http://127.0.0.1:9');
 SELECT cohortsync.connect_mparticle('mp', 'KEY', 'cs-secret-bulk-mp');
@@ -133,6 +134,49 @@ SELECT is((SELECT count(*) FROM cohortsync.membership_changes
           'and so are their history rows');
 DROP TRIGGER user_mask ON cohortsync.members;
 DROP TRIGGER user_mask ON cohortsync.membership_changes;
+
+-------------------------------------------------------------------------------
+-- A staged page of a full sync: the fast path against the statement
+-------------------------------------------------------------------------------
+-- page 1 of 2 (the session stays unfinished), some members without phone or email
+CREATE FUNCTION pg_temp.staged_page(cohort text, ids text[]) RETURNS jsonb
+LANGUAGE sql AS $$
+  SELECT jsonb_set(pg_temp.page('members', cohort, 'st1', ids, 1, 2),
+                   '{parameters,members}',
+                   (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                       'mixpanel_distinct_id', id,
+                       'email', CASE WHEN right(id, 1) <> '3' THEN id || '@example.com' END,
+                       'phone_number', CASE WHEN right(id, 1) = '7' THEN '+1 555 0100' || right(id, 3) END,
+                       'first_name', 'F' || id, 'last_name', 'L' || id,
+                       'plan', 'p' || right(id, 1))) ORDER BY id)
+                      FROM unnest(ids) id))
+$$;
+-- a cohort's staged rows, comparable between cohorts
+CREATE FUNCTION pg_temp.staged(cohort text) RETURNS text[] LANGUAGE sql AS $$
+  SELECT coalesce(array_agg((to_jsonb(s) - 'cohort_id')::text ORDER BY s.distinct_id), '{}')
+    FROM cohortsync.staged_members s WHERE s.cohort_id = cohort
+$$;
+
+SELECT is(pg_temp.ingest(pg_temp.staged_page('stage-fast', pg_temp.ids('s', 400))), 'success',
+          'a full sync''s page, staging as installed');
+SELECT is(pg_temp.ingest(pg_temp.staged_page('stage-fast', pg_temp.ids('s', 400))), 'success',
+          'the same page again');
+SELECT results_eq($$SELECT count(*), count(DISTINCT distinct_id), min(page_count), max(page_count),
+                           count(*) FILTER (WHERE phone IS NOT NULL), count(*) FILTER (WHERE email IS NULL)
+                      FROM cohortsync.staged_members WHERE cohort_id = 'stage-fast' AND session_id = 'st1'$$,
+                  $$VALUES (400::bigint, 400::bigint, 1, 1, 40::bigint, 40::bigint)$$,
+                  'the page sent twice is staged once, with its page number and missing fields');
+
+CREATE TRIGGER user_noop AFTER INSERT ON cohortsync.staged_members
+  FOR EACH STATEMENT EXECUTE FUNCTION public.bulk_noop();
+SELECT is(pg_temp.ingest(pg_temp.staged_page('stage-stmt', pg_temp.ids('s', 400))), 'success',
+          'the same page with a user''s trigger on staged_members');
+SELECT is(pg_temp.ingest(pg_temp.staged_page('stage-stmt', pg_temp.ids('s', 400))), 'success',
+          'and again');
+DROP TRIGGER user_noop ON cohortsync.staged_members;
+SELECT is(cardinality(pg_temp.staged('stage-stmt')), 400, 'the statement staged it once too');
+SELECT is(pg_temp.staged('stage-fast'), pg_temp.staged('stage-stmt'),
+          'the fast path staged exactly the rows the statement stages');
 
 SELECT * FROM finish();
 ROLLBACK;
