@@ -162,6 +162,14 @@ static CsStatement count_members_stmt = {
 #define PAGE_ARGTYPES \
 	TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, \
 	TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID
+/* The same columns for cs_bulk_insert (see insert_new_members, stage_page). */
+#define PAGE_MEMBER_COLUMNS(values) \
+	{"distinct_id", TEXTOID, true, (values)[3], false}, \
+	{"email", TEXTOID, true, (values)[4], false}, \
+	{"phone", TEXTOID, true, (values)[5], false}, \
+	{"first_name", TEXTOID, true, (values)[6], false}, \
+	{"last_name", TEXTOID, true, (values)[7], false}, \
+	{"properties", JSONBOID, true, (values)[8], false}
 
 /* Stored fields differ from the sent ones: refresh them. */
 #define FIELDS_DIFFER(m, s) \
@@ -736,12 +744,7 @@ insert_new_members(Datum *values)
 	CsBulkColumn columns[] = {
 		{"project_id", TEXTOID, false, values[0], false},
 		{"cohort_id", TEXTOID, false, values[1], false},
-		{"distinct_id", TEXTOID, true, values[3], false},
-		{"email", TEXTOID, true, values[4], false},
-		{"phone", TEXTOID, true, values[5], false},
-		{"first_name", TEXTOID, true, values[6], false},
-		{"last_name", TEXTOID, true, values[7], false},
-		{"properties", JSONBOID, true, values[8], false},
+		PAGE_MEMBER_COLUMNS(values),
 	};
 	int64		inserted;
 
@@ -784,12 +787,7 @@ stage_page(Datum *values)
 		{"cohort_id", TEXTOID, false, values[1], false},
 		{"session_id", TEXTOID, false, values[2], false},
 		{"page_count", INT4OID, false, values[9], false},
-		{"distinct_id", TEXTOID, true, values[3], false},
-		{"email", TEXTOID, true, values[4], false},
-		{"phone", TEXTOID, true, values[5], false},
-		{"first_name", TEXTOID, true, values[6], false},
-		{"last_name", TEXTOID, true, values[7], false},
-		{"properties", JSONBOID, true, values[8], false},
+		PAGE_MEMBER_COLUMNS(values),
 	};
 
 	if (cs_bulk_insert(membership_table("staged_members"), no_triggers,
